@@ -1,0 +1,80 @@
+// Package firewall is the contract between Cordon and its firewall plugins:
+// the Firewall interface, the go-plugin handshake, and the gRPC glue on both
+// sides (DESIGN.md §5).
+//
+// A plugin is an executable named cordon-plugin-<name> that calls Serve with
+// its implementation. A host launches it with Launch, which starts the
+// process, checks its SHA-256 when one is pinned, and returns a Client that
+// implements Firewall over gRPC. Errors cross the boundary as gRPC status
+// codes; callers branch on them with errors.Is against the sentinels below,
+// never on message text.
+package firewall
+
+import (
+	"context"
+	"errors"
+
+	"github.com/cordon-ir/cordon/pkg/policy"
+)
+
+// Capabilities a plugin may report in Info.
+const (
+	CapIPv6      = "ipv6"      // isolates IPv6 as well as IPv4
+	CapConntrack = "conntrack" // cuts established flows outside the policy
+	CapCloud     = "cloud"     // isolates at a cloud provider's network layer
+)
+
+// Info names a plugin and what it can do.
+type Info struct {
+	Name         string   `json:"name"`
+	Version      string   `json:"version"`
+	Capabilities []string `json:"capabilities"`
+}
+
+// Applied is the result of a successful Isolate: the rules as read back from
+// the kernel (or provider) and their digest ("sha256:<hex>").
+type Applied struct {
+	Digest   string   `json:"digest"`
+	Rules    []string `json:"rules"`
+	FlowsCut uint64   `json:"flows_cut"`
+}
+
+// Status is the live state of a plugin's rules.
+//
+// Isolated is true only when every rule of the plugin's own is in place.
+// Partial is non-empty when some are present and some are missing, and says
+// which; Isolated is then false.
+type Status struct {
+	Isolated bool     `json:"isolated"`
+	Digest   string   `json:"digest,omitempty"`
+	Rules    []string `json:"rules,omitempty"`
+	Partial  string   `json:"partial,omitempty"`
+}
+
+// Firewall is what a plugin implements.
+//
+// Isolate must be atomic as seen from the network: the new rules are built
+// complete and then linked in, and on any error nothing of the attempt stays
+// applied (rules of an earlier isolation stay as they were). Calling it again
+// with the same policy is a no-op that returns the same digest. Release
+// removes the plugin's own rules and nothing else, and succeeds when there is
+// nothing to remove.
+type Firewall interface {
+	Info(ctx context.Context) (Info, error)
+	Isolate(ctx context.Context, p policy.Policy, orderID string) (Applied, error)
+	Release(ctx context.Context, orderID string) (removed int, err error)
+	Status(ctx context.Context) (Status, error)
+}
+
+// Sentinel errors a plugin returns (wrapped) so that the host can branch on
+// them across the gRPC boundary.
+var (
+	// ErrInvalidPolicy: the policy cannot be applied as given.
+	ErrInvalidPolicy = errors.New("invalid policy")
+	// ErrUnavailable: the firewall backend is missing or not working on this
+	// host (binary absent, kernel module missing, provider unreachable).
+	ErrUnavailable = errors.New("firewall backend unavailable")
+	// ErrPluginCrashed: the plugin process died or stopped answering. Only the
+	// host side returns it.
+	ErrPluginCrashed = errors.New("firewall plugin crashed")
+)

@@ -1,0 +1,147 @@
+// Package policy is the isolation policy model shared by the controller, the
+// agent and the firewall plugins: what stays reachable while a host is
+// contained. Everything not named here is dropped, inbound, outbound and
+// forwarded, over IPv4 and IPv6.
+//
+// A Policy holds IP addresses only, never names: nothing is resolved on a host
+// once isolation starts (DESIGN.md §3), because a lookup after the drop rules
+// are in place would lock the agent out.
+package policy
+
+import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+)
+
+// Endpoint is a controller endpoint that must stay reachable while a host is
+// isolated: an IP address and a TCP port.
+type Endpoint struct {
+	Addr netip.Addr `json:"addr"`
+	Port uint16     `json:"port"`
+}
+
+// String returns "addr:port", with brackets around IPv6 addresses.
+func (e Endpoint) String() string { return netip.AddrPortFrom(e.Addr, e.Port).String() }
+
+// Policy says what a contained host may still talk to.
+//
+// Controllers are the controller endpoints (TCP); traffic to and from them on
+// that port is allowed so the agent's SSH session survives. Allow lists CIDRs
+// that stay reachable in both directions (forensic workstations, jump hosts).
+// Loopback is always allowed.
+type Policy struct {
+	Controllers []Endpoint     `json:"controllers"`
+	Allow       []netip.Prefix `json:"allow,omitempty"`
+}
+
+// Maximum sizes of a policy, so that a malformed order cannot ask a plugin to
+// write an unbounded ruleset.
+const (
+	MaxControllers = 16
+	MaxAllow       = 256
+)
+
+// Validate reports whether p can be applied: at least one controller endpoint,
+// every address valid and specified, every port non-zero, every prefix valid,
+// and no more than MaxControllers and MaxAllow entries.
+func (p Policy) Validate() error {
+	if len(p.Controllers) == 0 {
+		return errors.New("policy: no controller endpoint: isolation would cut the agent off")
+	}
+	if len(p.Controllers) > MaxControllers {
+		return fmt.Errorf("policy: %d controller endpoints, at most %d", len(p.Controllers), MaxControllers)
+	}
+	if len(p.Allow) > MaxAllow {
+		return fmt.Errorf("policy: %d allowlist entries, at most %d", len(p.Allow), MaxAllow)
+	}
+	for _, e := range p.Controllers {
+		if !e.Addr.IsValid() || e.Addr.IsUnspecified() {
+			return fmt.Errorf("policy: controller address %q is not a usable IP", e.Addr)
+		}
+		if e.Addr.Zone() != "" {
+			return fmt.Errorf("policy: controller address %s has a zone; zones are not supported", e.Addr)
+		}
+		if e.Port == 0 {
+			return fmt.Errorf("policy: controller %s has port 0", e.Addr)
+		}
+	}
+	for _, a := range p.Allow {
+		if !a.IsValid() {
+			return fmt.Errorf("policy: allowlist entry %q is not a valid CIDR", a)
+		}
+		if a.Addr().Zone() != "" {
+			return fmt.Errorf("policy: allowlist entry %s has a zone; zones are not supported", a)
+		}
+	}
+	return nil
+}
+
+// Canonical returns a copy of p with IPv4-mapped IPv6 addresses unmapped,
+// prefixes masked, and both lists sorted and free of duplicates, so that two
+// policies that allow the same traffic compare and digest equal.
+func (p Policy) Canonical() Policy {
+	var c Policy
+	for _, e := range p.Controllers {
+		c.Controllers = append(c.Controllers, Endpoint{Addr: e.Addr.Unmap(), Port: e.Port})
+	}
+	for _, a := range p.Allow {
+		a = netip.PrefixFrom(a.Addr().Unmap(), a.Bits()-unmapBits(a)).Masked()
+		c.Allow = append(c.Allow, a)
+	}
+	slices.SortFunc(c.Controllers, func(a, b Endpoint) int {
+		return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Port, b.Port))
+	})
+	c.Controllers = slices.Compact(c.Controllers)
+	slices.SortFunc(c.Allow, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	c.Allow = slices.Compact(c.Allow)
+	return c
+}
+
+// unmapBits is 96 for an IPv4-mapped IPv6 prefix (::ffff:a.b.c.d/n) whose
+// length covers the mapping, so that it becomes the IPv4 prefix a.b.c.d/(n-96).
+func unmapBits(a netip.Prefix) int {
+	if a.Addr().Is4In6() && a.Bits() >= 96 {
+		return 96
+	}
+	return 0
+}
+
+// Digest returns "sha256:" and the hex SHA-256 of the canonical policy's JSON
+// encoding. Equal policies have equal digests.
+func (p Policy) Digest() string {
+	b, err := json.Marshal(p.Canonical())
+	if err != nil {
+		// Marshalling netip values cannot fail for valid or zero values.
+		panic("policy: " + err.Error())
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// ParsePrefix parses an allowlist entry: a CIDR ("10.0.0.0/8", "fd00::/64") or
+// a bare IP, which becomes a single-address prefix (/32 or /128). Host bits
+// set in a CIDR are an error, since they usually mean a typo.
+func ParsePrefix(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		if a.Zone() != "" {
+			return netip.Prefix{}, fmt.Errorf("allowlist entry %q: zones are not supported", s)
+		}
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("allowlist entry %q is neither an IP nor a CIDR", s)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, fmt.Errorf("allowlist entry %q has host bits set; did you mean %s?", s, p.Masked())
+	}
+	return p, nil
+}
