@@ -6,9 +6,11 @@ package sshkey
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/subtle"
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -127,4 +129,22 @@ func ParseAuthorizedKey(s string) (ssh.PublicKey, error) {
 func ValidFingerprint(s string) bool {
 	rest, ok := strings.CutPrefix(s, "SHA256:")
 	return ok && len(rest) == 43
+}
+
+// ErrHostKeyMismatch is returned (wrapped) by a Pin callback when the server
+// presents a host key other than the pinned one.
+var ErrHostKeyMismatch = errors.New("controller host key does not match the pinned fingerprint")
+
+// Pin returns a host key callback that accepts only the key whose SHA256
+// fingerprint is fp. It runs during key exchange, so a client using it
+// sends nothing else (no key, no token) to a server that fails it.
+func Pin(fp string) ssh.HostKeyCallback {
+	return func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+		got := Fingerprint(key)
+		if subtle.ConstantTimeCompare([]byte(got), []byte(fp)) != 1 {
+			return fmt.Errorf("%w: %s presented %s, pinned %s; refusing to connect (wrong controller address, or someone in the middle)",
+				ErrHostKeyMismatch, remote, got, fp)
+		}
+		return nil
+	}
 }

@@ -1,0 +1,377 @@
+// Package agent is cordon-agent, the daemon on each card-data host
+// (DESIGN.md §1). It dials the controller, keeps one SSH connection open,
+// and carries out the orders the controller pushes on it: snapshot the
+// host's volatile state as signed evidence, then isolate it through a
+// firewall plugin, or release it.
+//
+// The agent is stateless: the kernel holds the firewall state and the
+// controller holds the desired state. It writes nothing to disk while it
+// handles an order: evidence is built in memory and kept there until the
+// controller has acknowledged it. An order runs to the end whatever happens
+// to the connection; reports and evidence wait in memory and are sent when
+// the controller is reachable again.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/pkg/firewall"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// Version is the agent's version, reported to the controller and written
+// into every evidence manifest.
+var Version = "0.1.0-dev"
+
+// Config configures an Agent.
+type Config struct {
+	// Controller is the controller's address, host:port. A name is resolved
+	// when connecting only; isolation rules use the IP actually connected to.
+	Controller string
+	// Fingerprint pins the controller's SSH host key ("SHA256:…").
+	Fingerprint string
+	// EnrollToken is the one-time token for the first connection; ignored
+	// once the key is enrolled.
+	EnrollToken string
+	// Signer is the agent's key: its SSH identity and evidence signing key.
+	Signer ssh.Signer
+	// Name is the host's Cordon name.
+	Name string
+	// Plugin configures the firewall plugin.
+	Plugin firewall.LaunchConfig
+	// Allow lists CIDRs that stay reachable during every isolation, in
+	// addition to each order's own allowlist.
+	Allow []netip.Prefix
+	// Logger receives the agent's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// KeepaliveInterval is how often the agent checks the controller
+	// answers; a controller silent for two intervals is dropped and dialed
+	// again. 0 means 10 s, so a dead controller is noticed within 30 s.
+	KeepaliveInterval time.Duration
+	// DialTimeout bounds connecting, the SSH handshake and the hello.
+	// 0 means 10 s.
+	DialTimeout time.Duration
+	// PluginTimeout bounds one firewall plugin call; a plugin that takes
+	// longer is killed and the order fails. 0 means 60 s.
+	PluginTimeout time.Duration
+	// MaxBackoff caps the wait between reconnection attempts. 0 means 30 s.
+	MaxBackoff time.Duration
+}
+
+// Agent is a running cordon-agent.
+type Agent struct {
+	cfg Config
+	log *slog.Logger
+
+	fw     *plugin
+	outbox *outbox
+
+	connMu sync.Mutex
+	conn   ssh.Conn       // current controller connection, or nil
+	remote netip.AddrPort // controller endpoint of conn
+	connCh chan struct{}  // closed and replaced when conn changes
+
+	execMu  sync.Mutex // orders run one at a time
+	ordMu   sync.Mutex
+	orders  map[string]bool // ids of orders received since start
+	ordList []string
+	// inForce is the policy this agent applied and has in force, nil when
+	// the host is not isolated; inForceKnown is false when the host was
+	// found isolated at start, by rules whose policy this agent never saw.
+	inForce      *policy.Policy
+	inForceKnown bool
+}
+
+// New checks cfg and returns an Agent.
+func New(cfg Config) (*Agent, error) {
+	if cfg.Controller == "" {
+		return nil, errors.New("no controller address")
+	}
+	if !sshkey.ValidFingerprint(cfg.Fingerprint) {
+		return nil, fmt.Errorf("controller fingerprint %q: want SHA256: and 43 base64 characters, as 'cordon controller init' prints", cfg.Fingerprint)
+	}
+	if cfg.Signer == nil {
+		return nil, errors.New("no agent key")
+	}
+	if !wire.ValidHostName(cfg.Name) {
+		return nil, fmt.Errorf("host name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.KeepaliveInterval == 0 {
+		cfg.KeepaliveInterval = 10 * time.Second
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.PluginTimeout == 0 {
+		cfg.PluginTimeout = 60 * time.Second
+	}
+	if cfg.MaxBackoff == 0 {
+		cfg.MaxBackoff = 30 * time.Second
+	}
+	log := cfg.Logger.With("component", "agent", "host", cfg.Name)
+	a := &Agent{
+		cfg:    cfg,
+		log:    log,
+		connCh: make(chan struct{}),
+		orders: make(map[string]bool),
+	}
+	a.fw = newPlugin(cfg.Plugin, log)
+	a.outbox = newOutbox(a)
+	return a, nil
+}
+
+// Run starts the firewall plugin and keeps a connection to the controller
+// until ctx ends. An order being carried out when ctx ends is finished
+// first. Run returns nil after ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	a.log.Info("starting", "agent_version", Version, "key", sshkey.Fingerprint(a.cfg.Signer.PublicKey()),
+		"controller", a.cfg.Controller, "plugin", a.cfg.Plugin.Name)
+	if st, err := a.fw.status(ctx, 10*time.Second); err != nil {
+		a.log.Error("firewall plugin not usable; orders will fail until it is", "err", err)
+	} else if st.Isolated {
+		a.log.Warn("host is isolated: Cordon's rules are in place from before this start", "digest", st.Digest)
+	} else if st.Partial != "" {
+		a.log.Warn("remnants of Cordon's rules found", "partial", st.Partial)
+	} else {
+		a.setApplied(nil, true)
+	}
+	defer a.fw.close()
+
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); a.outbox.run(ctx, laneReports) }()
+	go func() { defer wg.Done(); a.outbox.run(ctx, laneEvidence) }()
+
+	backoff := time.Second
+	for ctx.Err() == nil {
+		start := time.Now()
+		err := a.session(ctx)
+		if ctx.Err() != nil {
+			break
+		}
+		if time.Since(start) > time.Minute {
+			backoff = time.Second
+		}
+		// Full jitter keeps a fleet from reconnecting in step after a
+		// controller restart.
+		wait := backoff/2 + rand.N(backoff/2+1)
+		a.log.Warn("controller connection lost; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait):
+		}
+		backoff = min(2*backoff, a.cfg.MaxBackoff)
+	}
+	// Let a running order finish: it may be halfway through isolating.
+	a.execMu.Lock()
+	a.execMu.Unlock()
+	wg.Wait()
+	a.log.Info("stopped")
+	return nil
+}
+
+// session makes one connection, says hello, and serves orders until the
+// connection ends.
+func (a *Agent) session(ctx context.Context) error {
+	d := net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
+	nc, err := d.DialContext(ctx, "tcp", a.cfg.Controller)
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer nc.Close()
+	remote, err := netip.ParseAddrPort(nc.RemoteAddr().String())
+	if err != nil {
+		return fmt.Errorf("controller address %s: %w", nc.RemoteAddr(), err)
+	}
+	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
+	auth := []ssh.AuthMethod{ssh.PublicKeys(a.cfg.Signer)}
+	if a.cfg.EnrollToken != "" {
+		token := a.cfg.EnrollToken
+		auth = append(auth, ssh.KeyboardInteractive(func(name, instruction string, questions []string, echos []bool) ([]string, error) {
+			answers := make([]string, len(questions))
+			for i := range questions {
+				answers[i] = token
+			}
+			return answers, nil
+		}))
+	}
+	nc.SetDeadline(time.Now().Add(a.cfg.DialTimeout))
+	conn, chans, reqs, err := ssh.NewClientConn(nc, a.cfg.Controller, &ssh.ClientConfig{
+		User:            a.cfg.Name,
+		Auth:            auth,
+		HostKeyCallback: sshkey.Pin(a.cfg.Fingerprint),
+		ClientVersion:   "SSH-2.0-CordonAgent_" + Version,
+		Timeout:         a.cfg.DialTimeout,
+	})
+	if err != nil {
+		if errors.Is(err, sshkey.ErrHostKeyMismatch) {
+			return err
+		}
+		hint := ""
+		if a.cfg.EnrollToken == "" {
+			hint = " (a new agent needs --enroll-token)"
+		}
+		return fmt.Errorf("controller refused the agent key %s%s: %w", sshkey.Fingerprint(a.cfg.Signer.PublicKey()), hint, err)
+	}
+	defer conn.Close()
+	go a.globalRequests(reqs)
+	if err := a.hello(ctx, conn); err != nil {
+		nc.SetDeadline(time.Time{})
+		return fmt.Errorf("hello: %w", err)
+	}
+	nc.SetDeadline(time.Time{})
+	a.setConn(conn, remote)
+	defer a.setConn(nil, netip.AddrPort{})
+	a.log.Info("connected to controller", "controller", remote.String())
+
+	done := make(chan struct{})
+	defer close(done)
+	go a.keepalive(conn, done)
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	for nc := range chans {
+		if nc.ChannelType() != wire.ChanOrder {
+			nc.Reject(ssh.UnknownChannelType, "agents accept only "+wire.ChanOrder)
+			continue
+		}
+		go a.receiveOrder(ctx, nc)
+	}
+	return conn.Wait()
+}
+
+// globalRequests answers the controller's keepalives.
+func (a *Agent) globalRequests(reqs <-chan *ssh.Request) {
+	for r := range reqs {
+		r.Reply(r.Type == wire.ReqKeepalive, nil)
+	}
+}
+
+// keepalive drops the connection when the controller stops answering, so a
+// half-dead controller is noticed within three intervals.
+func (a *Agent) keepalive(conn ssh.Conn, done <-chan struct{}) {
+	t := time.NewTicker(a.cfg.KeepaliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		errc := make(chan error, 1)
+		go func() {
+			_, _, err := conn.SendRequest(wire.ReqKeepalive, true, nil)
+			errc <- err
+		}()
+		select {
+		case err := <-errc:
+			if err == nil {
+				continue
+			}
+		case <-time.After(2 * a.cfg.KeepaliveInterval):
+		case <-done:
+			return
+		}
+		a.log.Warn("controller stopped answering keepalives; dropping the connection")
+		conn.Close()
+		return
+	}
+}
+
+// hello tells the controller who the agent is and what its firewall looks
+// like, and waits for the controller to accept it.
+func (a *Agent) hello(ctx context.Context, conn ssh.Conn) error {
+	h := wire.Hello{V: wire.Version, Name: a.cfg.Name, AgentVersion: Version, Firewall: a.firewallState(ctx)}
+	id := hostIdentity()
+	h.Hostname, h.MachineID, h.BootID = id.Hostname, id.MachineID, id.BootID
+	h.Orders = a.knownOrders()
+	ch, reqs, err := conn.OpenChannel(wire.ChanHello, nil)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	if err := wire.WriteFrame(ch, &h); err != nil {
+		return err
+	}
+	var ack wire.HelloAck
+	if err := wire.ReadFrame(ch, &ack); err != nil {
+		return err
+	}
+	if !ack.OK {
+		return fmt.Errorf("controller refused the hello: %s", ack.Error)
+	}
+	return nil
+}
+
+// firewallState asks the plugin for the live state, for hello and reports.
+func (a *Agent) firewallState(ctx context.Context) wire.FirewallState {
+	fs := wire.FirewallState{Plugin: a.cfg.Plugin.Name}
+	info, err := a.fw.info(ctx, 5*time.Second)
+	if err != nil {
+		fs.Error = err.Error()
+		return fs
+	}
+	fs.Plugin, fs.Version = info.Name, info.Version
+	st, err := a.fw.status(ctx, 10*time.Second)
+	if err != nil {
+		fs.Error = err.Error()
+		return fs
+	}
+	fs.Isolated, fs.Digest, fs.Partial = st.Isolated, st.Digest, st.Partial
+	return fs
+}
+
+func (a *Agent) setConn(c ssh.Conn, remote netip.AddrPort) {
+	a.connMu.Lock()
+	a.conn, a.remote = c, remote
+	close(a.connCh)
+	a.connCh = make(chan struct{})
+	a.connMu.Unlock()
+}
+
+// current returns the live connection (or nil), the controller endpoint it
+// goes to, and a channel closed when that changes.
+func (a *Agent) current() (ssh.Conn, netip.AddrPort, <-chan struct{}) {
+	a.connMu.Lock()
+	defer a.connMu.Unlock()
+	return a.conn, a.remote, a.connCh
+}
+
+// knownOrders lists the ids of orders received since the agent started,
+// newest last, for the hello.
+func (a *Agent) knownOrders() []string {
+	a.ordMu.Lock()
+	defer a.ordMu.Unlock()
+	return append([]string(nil), a.ordList...)
+}
+
+// rememberOrder records an order id and reports whether it was new.
+func (a *Agent) rememberOrder(id string) bool {
+	a.ordMu.Lock()
+	defer a.ordMu.Unlock()
+	if a.orders[id] {
+		return false
+	}
+	a.orders[id] = true
+	a.ordList = append(a.ordList, id)
+	if len(a.ordList) > 256 {
+		delete(a.orders, a.ordList[0])
+		a.ordList = a.ordList[1:]
+	}
+	return true
+}

@@ -1,0 +1,243 @@
+// Package cli is the cordon-agent command line: flags, the optional YAML
+// configuration file, and the daemon's start.
+package cli
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/cordon-ir/cordon/agent"
+	"github.com/cordon-ir/cordon/pkg/firewall"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
+)
+
+// Config is the agent's configuration: the flags, or the same settings in a
+// YAML file (keys as below). Flags given on the command line override the
+// file.
+type Config struct {
+	Controller            string   `yaml:"controller"`
+	ControllerFingerprint string   `yaml:"controller_fingerprint"`
+	EnrollToken           string   `yaml:"enroll_token"`
+	Key                   string   `yaml:"key"`
+	Name                  string   `yaml:"name"`
+	Plugin                string   `yaml:"plugin"`
+	PluginDir             string   `yaml:"plugin_dir"`
+	PluginSHA256          string   `yaml:"plugin_sha256"`
+	RuntimeDir            string   `yaml:"runtime_dir"`
+	Allow                 []string `yaml:"allow"`
+	LogFormat             string   `yaml:"log_format"`
+	LogLevel              string   `yaml:"log_level"`
+}
+
+// DefaultPluginDir is where packages install plugins.
+const DefaultPluginDir = "/usr/lib/cordon/plugins"
+
+func defaults() Config {
+	name, _ := os.Hostname()
+	name, _, _ = strings.Cut(name, ".")
+	rt := os.Getenv("RUNTIME_DIRECTORY") // set by systemd's RuntimeDirectory=
+	if rt == "" {
+		rt = "/run/cordon"
+	}
+	return Config{
+		Key:        "/etc/cordon/agent_ed25519",
+		Name:       name,
+		Plugin:     "iptables",
+		RuntimeDir: rt,
+		LogFormat:  "text",
+		LogLevel:   "info",
+	}
+}
+
+// LoadFile reads a YAML configuration file strictly: an unknown key is an
+// error that names its line.
+func LoadFile(path string, into *Config) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(into); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	return nil
+}
+
+// NewCommand returns the cordon-agent command.
+func NewCommand(out, errw io.Writer) *cobra.Command {
+	cfg := defaults()
+	var configFile string
+	cmd := &cobra.Command{
+		Use:   "cordon-agent --controller ADDR:PORT --controller-fingerprint SHA256:… [--enroll-token TOKEN] --key FILE --name NAME",
+		Short: "Cordon's agent: keeps a connection to the controller and carries out isolate and release orders",
+		Long: `cordon-agent runs on each card-data host as a systemd service. It dials the
+controller over SSH (no listening port on the host), pins the controller's host
+key, and carries out the controller's orders: capture the host's volatile
+state as signed evidence, then isolate the host through a firewall plugin; or
+release it. It writes nothing to disk while it handles an order.
+
+Every flag can also be set in a YAML file given with --config, with the
+flag's name in snake_case as key (controller_fingerprint: SHA256:…); flags on
+the command line override the file.`,
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if configFile != "" {
+				fileCfg := defaults()
+				if err := LoadFile(configFile, &fileCfg); err != nil {
+					return err
+				}
+				applyFlags(cmd.Flags(), &fileCfg, &cfg)
+				cfg = fileCfg
+			}
+			return run(cmd.Context(), cfg, errw)
+		},
+	}
+	cmd.SetOut(out)
+	cmd.SetErr(errw)
+	f := cmd.Flags()
+	f.StringVar(&configFile, "config", "", "YAML configuration `file` (e.g. /etc/cordon/agent.yaml)")
+	f.StringVar(&cfg.Controller, "controller", "", "controller address `host:port`")
+	f.StringVar(&cfg.ControllerFingerprint, "controller-fingerprint", "", "pinned controller host key `SHA256:…`")
+	f.StringVar(&cfg.EnrollToken, "enroll-token", "", "one-time enrollment `token` for the first connection")
+	f.StringVar(&cfg.Key, "key", cfg.Key, "agent private key `file`; created (ed25519) if missing")
+	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in Cordon")
+	f.StringVar(&cfg.Plugin, "plugin", cfg.Plugin, "firewall plugin `name` (runs cordon-plugin-NAME)")
+	f.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin `directory` (default: "+DefaultPluginDir+", or the agent's own directory if the plugin is there)")
+	f.StringVar(&cfg.PluginSHA256, "plugin-sha256", "", "pin the plugin executable's SHA-256 (`hex`)")
+	f.StringVar(&cfg.RuntimeDir, "runtime-dir", cfg.RuntimeDir, "tmpfs `directory` for the plugin's socket (never the disk)")
+	f.StringArrayVar(&cfg.Allow, "allow", nil, "`CIDR` kept reachable during every isolation (repeatable)")
+	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
+	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			_, err := fmt.Fprintln(out, "cordon-agent", agent.Version)
+			return err
+		},
+	})
+	return cmd
+}
+
+// applyFlags copies the flags set on the command line from flagCfg over
+// fileCfg.
+func applyFlags(fs *pflag.FlagSet, fileCfg, flagCfg *Config) {
+	set := map[string]func(){
+		"controller":             func() { fileCfg.Controller = flagCfg.Controller },
+		"controller-fingerprint": func() { fileCfg.ControllerFingerprint = flagCfg.ControllerFingerprint },
+		"enroll-token":           func() { fileCfg.EnrollToken = flagCfg.EnrollToken },
+		"key":                    func() { fileCfg.Key = flagCfg.Key },
+		"name":                   func() { fileCfg.Name = flagCfg.Name },
+		"plugin":                 func() { fileCfg.Plugin = flagCfg.Plugin },
+		"plugin-dir":             func() { fileCfg.PluginDir = flagCfg.PluginDir },
+		"plugin-sha256":          func() { fileCfg.PluginSHA256 = flagCfg.PluginSHA256 },
+		"runtime-dir":            func() { fileCfg.RuntimeDir = flagCfg.RuntimeDir },
+		"allow":                  func() { fileCfg.Allow = flagCfg.Allow },
+		"log-format":             func() { fileCfg.LogFormat = flagCfg.LogFormat },
+		"log-level":              func() { fileCfg.LogLevel = flagCfg.LogLevel },
+	}
+	fs.Visit(func(f *pflag.Flag) {
+		if fn, ok := set[f.Name]; ok {
+			fn()
+		}
+	})
+}
+
+// pluginDir picks the plugin directory: the configured one, else the
+// agent's own directory if the plugin is there, else DefaultPluginDir.
+func pluginDir(cfg Config) string {
+	if cfg.PluginDir != "" {
+		return cfg.PluginDir
+	}
+	if exe, err := os.Executable(); err == nil {
+		dir := filepath.Dir(exe)
+		if _, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+cfg.Plugin)); err == nil {
+			return dir
+		}
+	}
+	return DefaultPluginDir
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("log format %q: want text or json", format)
+}
+
+func run(ctx context.Context, cfg Config, errw io.Writer) error {
+	log, err := newLogger(errw, cfg.LogFormat, cfg.LogLevel)
+	if err != nil {
+		return err
+	}
+	if cfg.Controller == "" {
+		return errors.New("--controller is required (host:port of the controller)")
+	}
+	if cfg.ControllerFingerprint == "" {
+		return errors.New("--controller-fingerprint is required (the SHA256:… that 'cordon controller init' printed)")
+	}
+	var allow []netip.Prefix
+	for _, s := range cfg.Allow {
+		p, err := policy.ParsePrefix(s)
+		if err != nil {
+			return err
+		}
+		allow = append(allow, p)
+	}
+	// The key is made here, at start, never while handling an order.
+	signer, created, err := sshkey.LoadOrCreate(cfg.Key, "cordon-agent@"+cfg.Name)
+	if err != nil {
+		return fmt.Errorf("agent key %s: %w", cfg.Key, err)
+	}
+	if created {
+		log.Info("created agent key", "path", cfg.Key, "key", sshkey.Fingerprint(signer.PublicKey()))
+	}
+	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
+		return fmt.Errorf("runtime directory: %w", err)
+	}
+	a, err := agent.New(agent.Config{
+		Controller:  cfg.Controller,
+		Fingerprint: cfg.ControllerFingerprint,
+		EnrollToken: cfg.EnrollToken,
+		Signer:      signer,
+		Name:        cfg.Name,
+		Plugin: firewall.LaunchConfig{
+			Dir:       pluginDir(cfg),
+			Name:      cfg.Plugin,
+			SHA256:    cfg.PluginSHA256,
+			SocketDir: cfg.RuntimeDir,
+			Stderr:    errw,
+		},
+		Allow:  allow,
+		Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	return a.Run(ctx)
+}

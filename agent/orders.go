@@ -1,0 +1,294 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/pkg/firewall"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/snapshot"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// receiveOrder reads one order from the controller, acknowledges it and
+// starts carrying it out. A malformed order is refused on its channel; the
+// connection stays up.
+func (a *Agent) receiveOrder(ctx context.Context, nc ssh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	t := time.AfterFunc(a.cfg.DialTimeout, func() { ch.Close() })
+	defer t.Stop()
+	var o wire.Order
+	if err := wire.ReadFrame(ch, &o); err != nil {
+		a.log.Warn("order refused", "err", err)
+		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, Error: err.Error()})
+		return
+	}
+	if o.Host != a.cfg.Name {
+		err := fmt.Sprintf("order is for host %q, this agent is %q", o.Host, a.cfg.Name)
+		a.log.Warn("order refused", "order_id", o.ID, "err", err)
+		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Error: err})
+		return
+	}
+	fresh := a.rememberOrder(o.ID)
+	if err := wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Accepted: true}); err != nil {
+		a.log.Warn("order ack not sent; carrying the order out anyway", "order_id", o.ID, "err", err)
+	}
+	if !fresh {
+		a.log.Info("order received again; already carried out or under way", "order_id", o.ID)
+		return
+	}
+	// The order runs on the agent's own context, not the channel's or the
+	// connection's: a controller that goes away never stops an isolation
+	// half way.
+	go a.execute(context.WithoutCancel(ctx), o)
+}
+
+// execute carries out one order, one at a time, and queues its reports.
+func (a *Agent) execute(ctx context.Context, o wire.Order) {
+	a.execMu.Lock()
+	defer a.execMu.Unlock()
+	l := a.log.With("order_id", o.ID, "incident", o.Incident, "kind", string(o.Kind))
+	l.Info("order received", "reason", o.Reason, "operator", o.Operator)
+	switch o.Kind {
+	case wire.KindIsolate:
+		a.isolate(ctx, l, o)
+	case wire.KindRelease:
+		a.release(ctx, l, o)
+	}
+}
+
+func (a *Agent) report(r wire.Report) {
+	r.V, r.At = wire.Version, time.Now().UTC()
+	a.outbox.addReport(r)
+}
+
+// isolate: snapshot first (RFC 3227 order of volatility), then isolate,
+// then verify by reading the rules back (DESIGN.md §3).
+func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
+	// 1. Evidence, in memory.
+	t0 := time.Now()
+	snapID := newID("snp")
+	bundle, err := snapshot.Take(ctx, snapshot.Request{
+		SnapshotID: snapID, OrderID: o.ID, Incident: o.Incident, Reason: o.Reason,
+		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe,
+	})
+	snapNS := time.Since(t0).Nanoseconds()
+	evidenceErr := ""
+	if err != nil {
+		// Containment comes first: isolate even without evidence.
+		evidenceErr = "evidence capture failed: " + err.Error()
+		l.Error("snapshot failed; isolating anyway", "err", err)
+	} else {
+		ref := &wire.SnapshotRef{ID: snapID, SHA256: bundle.SHA256, Size: int64(len(bundle.Data))}
+		for _, art := range bundle.Manifest.Artifacts {
+			if len(art.Errors) > 0 {
+				ref.Errors++
+			}
+		}
+		a.outbox.addEvidence(o.ID, bundle)
+		a.report(wire.Report{OrderID: o.ID, Stage: wire.StageSnapshot, Snapshot: ref, SnapshotNS: snapNS})
+		l.Info("snapshot taken", "snapshot_id", snapID, "sha256", bundle.SHA256, "size", len(bundle.Data),
+			"took", time.Duration(snapNS).Round(time.Microsecond))
+	}
+
+	// 2. Isolate. The controller endpoints come from the order, plus the
+	// address this agent is connected to: IPs only, nothing resolved.
+	pol := *o.Policy
+	pol.Allow = append(pol.Allow, a.cfg.Allow...)
+	if _, remote, _ := a.current(); remote.IsValid() {
+		pol.Controllers = append(pol.Controllers, policy.Endpoint{Addr: remote.Addr(), Port: remote.Port()})
+	}
+	pol = pol.Canonical()
+	if err := pol.Validate(); err != nil {
+		a.fail(ctx, l, o, snapNS, fmt.Errorf("policy: %w", err), evidenceErr)
+		return
+	}
+	prior, priorKnown := a.applied()
+	t1 := time.Now()
+	applied, err := a.fw.isolate(ctx, a.cfg.PluginTimeout, pol, o.ID)
+	applyNS := time.Since(t1).Nanoseconds()
+	if err != nil {
+		err = a.recover(ctx, l, o.ID, err, prior, priorKnown)
+		a.fail(ctx, l, o, snapNS, err, evidenceErr)
+		return
+	}
+
+	// 3. Verify: read the live rules back.
+	t2 := time.Now()
+	st, err := a.fw.status(ctx, a.cfg.PluginTimeout)
+	verifyNS := time.Since(t2).Nanoseconds()
+	switch {
+	case err != nil:
+		err = fmt.Errorf("verify: %w (rules were applied and are left in place)", err)
+	case !st.Isolated:
+		err = fmt.Errorf("verify: rules read back are incomplete: %s (left in place)", st.Partial)
+	case st.Digest != applied.Digest:
+		err = fmt.Errorf("verify: rules read back (digest %s) differ from those applied (%s); left in place", st.Digest, applied.Digest)
+	}
+	if err != nil {
+		a.setApplied(&pol, true)
+		a.fail(ctx, l, o, snapNS, err, evidenceErr)
+		return
+	}
+	a.setApplied(&pol, true)
+	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageIsolated, Digest: applied.Digest, Error: evidenceErr,
+		SnapshotNS: snapNS, ApplyNS: applyNS, VerifyNS: verifyNS, FlowsCut: applied.FlowsCut})
+	l.Info("host isolated and verified", "digest", applied.Digest, "rules", len(applied.Rules), "flows_cut", applied.FlowsCut,
+		"apply", time.Duration(applyNS).Round(time.Microsecond), "verify", time.Duration(verifyNS).Round(time.Microsecond),
+		"since_received", time.Since(t0).Round(time.Microsecond))
+}
+
+// recover puts the host back as it was before a failed isolation. A plugin
+// that returned an error has rolled its attempt back itself; one that
+// crashed or hung may have left part of it, which is removed here, or, if
+// the host was isolated before, replaced by the earlier policy again. When
+// the earlier policy is not known, nothing is removed: the host stays as
+// contained as it is (fail closed).
+func (a *Agent) recover(ctx context.Context, l *slog.Logger, orderID string, cause error, prior *policy.Policy, priorKnown bool) error {
+	if !errors.Is(cause, firewall.ErrPluginCrashed) {
+		return fmt.Errorf("%w; the plugin rolled its attempt back", cause)
+	}
+	l.Error("firewall plugin crashed during isolate; restoring the earlier state", "err", cause)
+	switch {
+	case priorKnown && prior == nil:
+		n, err := a.fw.release(ctx, a.cfg.PluginTimeout, orderID)
+		if err != nil {
+			return fmt.Errorf("%w; removing its partial rules also failed: %v", cause, err)
+		}
+		l.Warn("partial rules of the crashed attempt removed", "removed", n)
+		return fmt.Errorf("%w; its partial rules were removed, the host is as it was (not isolated)", cause)
+	case prior != nil:
+		if _, err := a.fw.isolate(ctx, a.cfg.PluginTimeout, *prior, orderID); err != nil {
+			return fmt.Errorf("%w; restoring the earlier isolation also failed: %v", cause, err)
+		}
+		return fmt.Errorf("%w; the earlier isolation is in force again", cause)
+	}
+	return fmt.Errorf("%w; the host was isolated before this agent started, so whatever rules stand were left in place", cause)
+}
+
+// fail reports a failed order with the firewall's state after it.
+func (a *Agent) fail(ctx context.Context, l *slog.Logger, o wire.Order, snapNS int64, err error, extra string) {
+	msg := err.Error()
+	if extra != "" {
+		msg += "; " + extra
+	}
+	fs := a.firewallState(ctx)
+	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageFailed, Error: truncate(msg, wire.MaxError), Firewall: &fs, SnapshotNS: snapNS})
+	l.Error("order failed", "err", msg, "firewall_isolated", fs.Isolated, "firewall_partial", fs.Partial)
+}
+
+func (a *Agent) release(ctx context.Context, l *slog.Logger, o wire.Order) {
+	t1 := time.Now()
+	n, err := a.fw.release(ctx, a.cfg.PluginTimeout, o.ID)
+	if errors.Is(err, firewall.ErrPluginCrashed) {
+		l.Error("firewall plugin crashed during release; trying once more", "err", err)
+		n, err = a.fw.release(ctx, a.cfg.PluginTimeout, o.ID)
+	}
+	applyNS := time.Since(t1).Nanoseconds()
+	if err != nil {
+		a.fail(ctx, l, o, 0, err, "")
+		return
+	}
+	t2 := time.Now()
+	st, err := a.fw.status(ctx, a.cfg.PluginTimeout)
+	verifyNS := time.Since(t2).Nanoseconds()
+	switch {
+	case err != nil:
+		err = fmt.Errorf("verify release: %w", err)
+	case st.Isolated || st.Partial != "":
+		err = fmt.Errorf("verify release: Cordon's rules are still there (%s)", st.Partial)
+	}
+	if err != nil {
+		a.fail(ctx, l, o, 0, err, "")
+		return
+	}
+	a.setApplied(nil, true)
+	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageReleased, ApplyNS: applyNS, VerifyNS: verifyNS})
+	l.Info("host released and verified", "removed", n, "took", time.Since(t1).Round(time.Microsecond))
+}
+
+// applied returns the policy this agent has in force (nil when the host is
+// not isolated) and whether that is known; it is not known when the host
+// was found isolated at start.
+func (a *Agent) applied() (*policy.Policy, bool) {
+	a.ordMu.Lock()
+	defer a.ordMu.Unlock()
+	return a.inForce, a.inForceKnown
+}
+
+func (a *Agent) setApplied(p *policy.Policy, known bool) {
+	a.ordMu.Lock()
+	defer a.ordMu.Unlock()
+	a.inForce, a.inForceKnown = p, known
+}
+
+// clockProbe measures the controller's clock minus this host's, NTP style:
+// the controller's time against the midpoint of the round trip.
+func (a *Agent) clockProbe(ctx context.Context) (time.Duration, error) {
+	conn, _, _ := a.current()
+	if conn == nil {
+		return 0, errors.New("not connected to the controller")
+	}
+	type result struct {
+		payload []byte
+		err     error
+	}
+	t0 := time.Now()
+	rc := make(chan result, 1)
+	go func() {
+		ok, p, err := conn.SendRequest(wire.ReqTime, true, nil)
+		if err == nil && !ok {
+			err = errors.New("controller refused the time request")
+		}
+		rc <- result{p, err}
+	}()
+	select {
+	case <-ctx.Done():
+		return 0, fmt.Errorf("controller clock: %w", ctx.Err())
+	case r := <-rc:
+		t1 := time.Now()
+		if r.err != nil {
+			return 0, r.err
+		}
+		if len(r.payload) != 8 {
+			return 0, fmt.Errorf("controller clock: %d-byte answer", len(r.payload))
+		}
+		ctrl := time.Unix(0, int64(beUint64(r.payload)))
+		mid := t0.Add(t1.Sub(t0) / 2)
+		return ctrl.Sub(mid), nil
+	}
+}
+
+func beUint64(b []byte) uint64 {
+	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
+		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-3] + "..."
+}
+
+// newID returns a sortable, readable id such as
+// "snp-20261129t101530-9f2ab1c3".
+func newID(prefix string) string {
+	var b [4]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("%s-%s-%x", prefix, time.Now().UTC().Format("20060102t150405"), b)
+}
+
+// hostIdentity is the host's identity for the hello.
+func hostIdentity() snapshot.Identity { return snapshot.HostIdentity() }

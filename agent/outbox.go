@@ -1,0 +1,189 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/pkg/evidence"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// outbox holds what the agent must tell the controller, in memory, until the
+// controller acknowledges it. It has two lanes, each sent in order by its
+// own goroutine: small reports, so that "isolated" is never stuck behind a
+// large upload, and evidence bundles.
+type outbox struct {
+	a *Agent
+
+	mu      sync.Mutex
+	reports []wire.Report
+	bundles []pendingBundle
+	wake    [2]chan struct{}
+}
+
+type pendingBundle struct {
+	orderID string
+	b       *evidence.Bundle
+}
+
+type lane int
+
+const (
+	laneReports lane = iota
+	laneEvidence
+)
+
+func (l lane) String() string { return [...]string{"reports", "evidence"}[l] }
+
+func newOutbox(a *Agent) *outbox {
+	return &outbox{a: a, wake: [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}}
+}
+
+func (o *outbox) addReport(r wire.Report) {
+	o.mu.Lock()
+	o.reports = append(o.reports, r)
+	o.mu.Unlock()
+	o.poke(laneReports)
+}
+
+func (o *outbox) addEvidence(orderID string, b *evidence.Bundle) {
+	o.mu.Lock()
+	o.bundles = append(o.bundles, pendingBundle{orderID, b})
+	o.mu.Unlock()
+	o.poke(laneEvidence)
+}
+
+func (o *outbox) poke(l lane) {
+	select {
+	case o.wake[l] <- struct{}{}:
+	default:
+	}
+}
+
+// pending returns the number of items waiting in a lane.
+func (o *outbox) pending(l lane) int {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if l == laneReports {
+		return len(o.reports)
+	}
+	return len(o.bundles)
+}
+
+// run sends one lane's items in order until ctx ends and the lane is empty
+// or there is no connection to send on. A failed send is retried with
+// backoff; nothing is dropped.
+func (o *outbox) run(ctx context.Context, l lane) {
+	backoff := 500 * time.Millisecond
+	for {
+		conn, _, changed := o.a.current()
+		if conn == nil || o.pending(l) == 0 {
+			if ctx.Err() != nil {
+				if n := o.pending(l); n > 0 {
+					o.a.log.Error("stopping with unsent items; they are lost with this process", "lane", l.String(), "count", n)
+				}
+				return
+			}
+			select {
+			case <-ctx.Done():
+			case <-changed:
+			case <-o.wake[l]:
+			}
+			continue
+		}
+		var err error
+		if l == laneReports {
+			err = o.sendReport(conn)
+		} else {
+			err = o.sendEvidence(conn)
+		}
+		if err == nil {
+			backoff = 500 * time.Millisecond
+			continue
+		}
+		o.a.log.Warn("send to controller failed; will retry", "lane", l.String(), "err", err, "retry_in", backoff)
+		select {
+		case <-time.After(backoff):
+		case <-changed:
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+// exchange opens a channel, lets send write on it, and reads the Ack, all
+// within timeout.
+func exchange(conn ssh.Conn, chanType string, timeout time.Duration, send func(ssh.Channel) error) error {
+	ch, reqs, err := conn.OpenChannel(chanType, nil)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	t := time.AfterFunc(timeout, func() { ch.Close() })
+	defer t.Stop()
+	if err := send(ch); err != nil {
+		return err
+	}
+	if err := ch.CloseWrite(); err != nil {
+		return err
+	}
+	var ack wire.Ack
+	if err := wire.ReadFrame(ch, &ack); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("controller closed the channel without an answer")
+		}
+		return err
+	}
+	if !ack.OK {
+		return fmt.Errorf("controller: %s", ack.Error)
+	}
+	return nil
+}
+
+func (o *outbox) sendReport(conn ssh.Conn) error {
+	o.mu.Lock()
+	r := o.reports[0]
+	o.mu.Unlock()
+	err := exchange(conn, wire.ChanReport, 30*time.Second, func(ch ssh.Channel) error { return wire.WriteFrame(ch, &r) })
+	if err != nil {
+		return fmt.Errorf("report %s of order %s: %w", r.Stage, r.OrderID, err)
+	}
+	o.mu.Lock()
+	o.reports = o.reports[1:]
+	o.mu.Unlock()
+	return nil
+}
+
+func (o *outbox) sendEvidence(conn ssh.Conn) error {
+	o.mu.Lock()
+	p := o.bundles[0]
+	o.mu.Unlock()
+	b := p.b
+	hdr := wire.EvidenceHeader{V: wire.Version, SnapshotID: b.Manifest.SnapshotID, OrderID: p.orderID, SHA256: b.SHA256,
+		Size: int64(len(b.Data)), TakenAt: b.Manifest.StartedAt}
+	// Allow for a slow link: a minute plus a second per 256 KiB.
+	timeout := time.Minute + time.Duration(len(b.Data)/(256<<10))*time.Second
+	t0 := time.Now()
+	err := exchange(conn, wire.ChanEvidence, timeout, func(ch ssh.Channel) error {
+		if err := wire.WriteFrame(ch, &hdr); err != nil {
+			return err
+		}
+		_, err := ch.Write(b.Data)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("evidence %s: %w", hdr.SnapshotID, err)
+	}
+	o.mu.Lock()
+	o.bundles = o.bundles[1:]
+	o.mu.Unlock()
+	o.a.log.Info("evidence delivered", "snapshot_id", hdr.SnapshotID, "order_id", p.orderID, "size", hdr.Size,
+		"took", time.Since(t0).Round(time.Millisecond))
+	return nil
+}

@@ -1,0 +1,277 @@
+// Package api is the operator API of the controller: the requests the
+// cordon CLI sends on cordon-api@v1 channels and the answers it gets, framed
+// and strictly decoded as package wire describes.
+//
+// One channel carries one request: a Request frame, then a Response frame;
+// for OpSnapshotDownload the bundle's bytes follow the Response until the
+// controller closes the channel.
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// Operations.
+const (
+	OpIsolate          = "isolate"           // IsolateArgs → Order (role responder)
+	OpRelease          = "release"           // ReleaseArgs → Order (role responder)
+	OpOrder            = "order"             // OrderArgs → Order
+	OpOrderWait        = "order.wait"        // OrderWaitArgs → Order
+	OpOrders           = "orders"            // OrdersArgs → []Order
+	OpHosts            = "hosts"             // HostsArgs → []Host
+	OpSnapshots        = "snapshots"         // SnapshotsArgs → []Snapshot (role forensic)
+	OpSnapshotDownload = "snapshot.download" // SnapshotArgs → Snapshot, then the bytes (role forensic)
+	OpEnrollCreate     = "enroll.create"     // EnrollArgs → EnrollToken (role admin)
+	OpOperatorAdd      = "operator.add"      // OperatorAddArgs → Operator (role admin)
+	OpAudit            = "audit"             // AuditArgs → []AuditEntry
+	OpWhoami           = "whoami"            // NoArgs → Operator
+)
+
+// ChanName is the SSH channel type of the operator API.
+const ChanName = wire.ChanAPI
+
+// Roles an operator key can have (DESIGN.md §2). Admin can do everything.
+const (
+	RoleAdmin     = "admin"
+	RoleResponder = "responder" // isolate, release
+	RoleForensic  = "forensic"  // list and download evidence
+	RoleViewer    = "viewer"    // read state only
+)
+
+// ValidRole reports whether r is one of the roles above.
+func ValidRole(r string) bool {
+	switch r {
+	case RoleAdmin, RoleResponder, RoleForensic, RoleViewer:
+		return true
+	}
+	return false
+}
+
+// Request is the first frame an operator sends on a channel.
+type Request struct {
+	V    int             `json:"v"`
+	Op   string          `json:"op"`
+	Args json.RawMessage `json:"args,omitempty"`
+}
+
+// Validate checks r's envelope; Args is decoded and checked per operation.
+func (r *Request) Validate() error {
+	if r.V != wire.Version {
+		return fmt.Errorf("protocol version %d, this controller speaks %d", r.V, wire.Version)
+	}
+	if r.Op == "" || len(r.Op) > 64 {
+		return errors.New("op is required")
+	}
+	return nil
+}
+
+// Error codes in Response.Error.
+const (
+	CodeInvalid     = "invalid"     // bad arguments
+	CodeNotFound    = "not_found"   // unknown host, order or snapshot
+	CodeForbidden   = "forbidden"   // the operator's role does not allow it
+	CodeConflict    = "conflict"    // the request clashes with current state
+	CodeUnavailable = "unavailable" // the controller cannot do it now (disk full, …)
+	CodeInternal    = "internal"
+)
+
+// Error is an API error.
+type Error struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *Error) Error() string { return e.Message }
+
+// Errorf returns an *Error with the given code.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// IsCode reports whether err is an *Error with the given code.
+func IsCode(err error, code string) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == code
+}
+
+// Response answers a Request.
+type Response struct {
+	V      int             `json:"v"`
+	Error  *Error          `json:"error,omitempty"`
+	Result json.RawMessage `json:"result,omitempty"`
+}
+
+// Validate checks r.
+func (r *Response) Validate() error {
+	if r.V != wire.Version {
+		return fmt.Errorf("protocol version %d, this client speaks %d", r.V, wire.Version)
+	}
+	return nil
+}
+
+// NoArgs is the argument of operations that take none.
+type NoArgs struct{}
+
+// IsolateArgs asks for a host to be isolated.
+type IsolateArgs struct {
+	Host     string `json:"host"`
+	Reason   string `json:"reason"`
+	Incident string `json:"incident,omitempty"`
+	// Allow lists CIDRs (or bare IPs) that stay reachable both ways.
+	Allow []string `json:"allow,omitempty"`
+}
+
+// ReleaseArgs asks for a host to be released.
+type ReleaseArgs struct {
+	Host     string `json:"host"`
+	Reason   string `json:"reason"`
+	Incident string `json:"incident,omitempty"`
+}
+
+// OrderArgs names an order.
+type OrderArgs struct {
+	ID string `json:"id"`
+}
+
+// OrderWaitArgs waits until the order's Version exceeds After, or TimeoutMS
+// milliseconds pass (at most 60 000); either way the current Order is
+// returned.
+type OrderWaitArgs struct {
+	ID        string `json:"id"`
+	After     int64  `json:"after"`
+	TimeoutMS int64  `json:"timeout_ms"`
+}
+
+// OrdersArgs lists orders, newest first.
+type OrdersArgs struct {
+	Host  string `json:"host,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+}
+
+// HostsArgs lists hosts.
+type HostsArgs struct{}
+
+// SnapshotsArgs lists snapshots, newest first.
+type SnapshotsArgs struct {
+	Host string `json:"host,omitempty"`
+}
+
+// SnapshotArgs names a snapshot.
+type SnapshotArgs struct {
+	ID string `json:"id"`
+}
+
+// EnrollArgs asks for a one-time agent enrollment token.
+type EnrollArgs struct {
+	// TTLSeconds is how long the token stays valid; 0 means the default.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
+}
+
+// OperatorAddArgs registers an operator key.
+type OperatorAddArgs struct {
+	Name      string `json:"name"`
+	Role      string `json:"role"`
+	PublicKey string `json:"public_key"` // authorized_keys format
+}
+
+// AuditArgs filters the audit log.
+type AuditArgs struct {
+	Host  string `json:"host,omitempty"`
+	Limit int    `json:"limit,omitempty"`
+}
+
+// Host is a host as the controller sees it.
+type Host struct {
+	Name        string    `json:"name"`
+	Online      bool      `json:"online"`
+	State       string    `json:"state"` // released, isolating, isolated, releasing, failed
+	StateReason string    `json:"state_reason,omitempty"`
+	StateSince  time.Time `json:"state_since"`
+	LastSeen    time.Time `json:"last_seen,omitzero"`
+	Addr        string    `json:"addr,omitempty"` // agent's address as seen by the controller
+	Digest      string    `json:"digest,omitempty"`
+	Fingerprint string    `json:"fingerprint"` // agent key
+	Hostname    string    `json:"hostname,omitempty"`
+	MachineID   string    `json:"machine_id,omitempty"`
+	Agent       string    `json:"agent_version,omitempty"`
+	Plugin      string    `json:"plugin,omitempty"`
+	EnrolledAt  time.Time `json:"enrolled_at"`
+	LastOrder   string    `json:"last_order,omitempty"`
+}
+
+// Order is an order and what came of it.
+type Order struct {
+	ID       string   `json:"id"`
+	Host     string   `json:"host"`
+	Kind     string   `json:"kind"`
+	Reason   string   `json:"reason"`
+	Incident string   `json:"incident,omitempty"`
+	Allow    []string `json:"allow,omitempty"`
+	Operator string   `json:"operator"`
+	// State: pending (stored, not yet delivered), delivered (the agent has
+	// it), done, failed.
+	State       string    `json:"state"`
+	Error       string    `json:"error,omitempty"`
+	CreatedAt   time.Time `json:"created_at"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	DoneAt      time.Time `json:"done_at,omitzero"`
+	Digest      string    `json:"digest,omitempty"`
+	HostOnline  bool      `json:"host_online"`
+	// Snapshot taken for the order (isolate), and whether the controller
+	// has stored it.
+	SnapshotID     string `json:"snapshot_id,omitempty"`
+	SnapshotSHA256 string `json:"snapshot_sha256,omitempty"`
+	SnapshotStored bool   `json:"snapshot_stored"`
+	// Step durations reported by the agent, in nanoseconds.
+	SnapshotNS int64  `json:"snapshot_ns,omitempty"`
+	ApplyNS    int64  `json:"apply_ns,omitempty"`
+	VerifyNS   int64  `json:"verify_ns,omitempty"`
+	FlowsCut   uint64 `json:"flows_cut,omitempty"`
+	// Version increases with every change; see OrderWaitArgs.
+	Version int64 `json:"version"`
+}
+
+// Terminal reports whether the order will not change state any more.
+func (o *Order) Terminal() bool { return o.State == "done" || o.State == "failed" }
+
+// Snapshot is a stored evidence bundle.
+type Snapshot struct {
+	ID         string    `json:"id"`
+	Host       string    `json:"host"`
+	OrderID    string    `json:"order_id,omitempty"`
+	SHA256     string    `json:"sha256"`
+	Size       int64     `json:"size"`
+	TakenAt    time.Time `json:"taken_at"`
+	ReceivedAt time.Time `json:"received_at"`
+	AgentKey   string    `json:"agent_key"` // fingerprint of the signing agent key
+	FileName   string    `json:"file_name"`
+}
+
+// EnrollToken is a one-time agent enrollment token.
+type EnrollToken struct {
+	Token     string    `json:"enroll_token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// Operator is an operator key.
+type Operator struct {
+	Name        string `json:"name"`
+	Role        string `json:"role"`
+	Fingerprint string `json:"fingerprint"`
+}
+
+// AuditEntry is one line of the audit log.
+type AuditEntry struct {
+	At       time.Time `json:"at"`
+	Actor    string    `json:"actor"`
+	ActorKey string    `json:"actor_key,omitempty"`
+	Action   string    `json:"action"`
+	Host     string    `json:"host,omitempty"`
+	OrderID  string    `json:"order_id,omitempty"`
+	Detail   string    `json:"detail,omitempty"`
+}

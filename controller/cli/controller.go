@@ -1,0 +1,223 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/controller/evidencestore"
+	"github.com/cordon-ir/cordon/controller/server"
+	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
+)
+
+// Files in a controller's data directory.
+const (
+	hostKeyFile     = "host_ed25519"
+	operatorKeyFile = "operator_ed25519"
+	dbFile          = "cordon.db"
+	evidenceDir     = "evidence"
+)
+
+func newControllerCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "controller",
+		Short: "Set up and run the controller daemon",
+	}
+	cmd.AddCommand(newControllerInitCmd(g), newControllerServeCmd(g))
+	return cmd
+}
+
+type initOptions struct {
+	dataDir string
+	ttl     time.Duration
+}
+
+// InitResult is what 'cordon controller init -o json' prints.
+type InitResult struct {
+	DataDir     string    `json:"data_dir"`
+	Fingerprint string    `json:"fingerprint"`
+	OperatorKey string    `json:"operator_key"`
+	EnrollToken string    `json:"enroll_token"`
+	ExpiresAt   time.Time `json:"enroll_token_expires_at"`
+}
+
+func newControllerInitCmd(g *globals) *cobra.Command {
+	o := &initOptions{}
+	cmd := &cobra.Command{
+		Use:   "init --data-dir DIR",
+		Short: "Create the controller's host key, an admin operator key and a first enrollment token",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runControllerInit(cmd.Context(), g, o)
+		},
+	}
+	cmd.Flags().StringVar(&o.dataDir, "data-dir", "/var/lib/cordon", "controller data `directory`")
+	cmd.Flags().DurationVar(&o.ttl, "token-ttl", server.DefaultTokenTTL, "lifetime of the enrollment token")
+	return cmd
+}
+
+func runControllerInit(ctx context.Context, g *globals, o *initOptions) error {
+	if err := g.checkOutput(); err != nil {
+		return err
+	}
+	dir, err := filepath.Abs(o.dataDir)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Stat(filepath.Join(dir, hostKeyFile)); err == nil {
+		return fmt.Errorf("%s is already initialized (it has %s); mint more enrollment tokens with 'cordon enroll create'", dir, hostKeyFile)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	hostKey, err := sshkey.Create(filepath.Join(dir, hostKeyFile), "cordon-controller")
+	if err != nil {
+		return fmt.Errorf("host key: %w", err)
+	}
+	opPath := filepath.Join(dir, operatorKeyFile)
+	opKey, err := sshkey.Create(opPath, "cordon-admin")
+	if err != nil {
+		return fmt.Errorf("operator key: %w", err)
+	}
+	st, err := store.OpenSQLite(ctx, filepath.Join(dir, dbFile))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if _, err := evidencestore.Open(filepath.Join(dir, evidenceDir)); err != nil {
+		return err
+	}
+	res := InitResult{DataDir: dir, Fingerprint: sshkey.Fingerprint(hostKey.PublicKey()), OperatorKey: opPath}
+	now := time.Now().UTC()
+	err = st.Update(ctx, func(tx store.Tx) error {
+		fp := sshkey.Fingerprint(opKey.PublicKey())
+		if err := tx.AddOperator(store.Operator{Fingerprint: fp, Name: "admin", Role: api.RoleAdmin,
+			PublicKey: sshkey.AuthorizedKey(opKey.PublicKey()), CreatedAt: now}); err != nil {
+			return err
+		}
+		res.EnrollToken, res.ExpiresAt, err = server.MintToken(tx, "admin", o.ttl, now)
+		if err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: "admin", ActorKey: fp, Action: "init",
+			Detail: "controller initialized; host key " + res.Fingerprint})
+	})
+	if err != nil {
+		return err
+	}
+	if g.json() {
+		return g.printJSON(res)
+	}
+	fmt.Fprintf(g.io.Out, `Controller initialized in %s
+  host key fingerprint: %s
+      (agents and operators pin it: --controller-fingerprint)
+  admin operator key:   %s
+  enrollment token:     %s
+      (one-time, for the first agent; expires %s; more with 'cordon enroll create')
+Start it with:
+  cordon controller serve --data-dir %s --listen :7443
+`, dir, res.Fingerprint, res.OperatorKey, res.EnrollToken, res.ExpiresAt.Format(time.RFC3339), dir)
+	return nil
+}
+
+type serveOptions struct {
+	dataDir   string
+	listen    string
+	advertise []string
+	logFormat string
+	logLevel  string
+}
+
+func newControllerServeCmd(g *globals) *cobra.Command {
+	o := &serveOptions{}
+	cmd := &cobra.Command{
+		Use:   "serve --data-dir DIR --listen ADDR:PORT",
+		Short: "Run the controller daemon",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runControllerServe(cmd.Context(), g, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dataDir, "data-dir", "/var/lib/cordon", "controller data `directory` (made by 'cordon controller init')")
+	f.StringVar(&o.listen, "listen", ":7443", "SSH listen address `host:port`")
+	f.StringArrayVar(&o.advertise, "advertise", nil, "extra controller endpoint `ip:port` that isolated agents must keep reaching (repeatable)")
+	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+// newLogger returns a slog logger writing to w in the given format.
+func newLogger(w *os.File, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, usageErr("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, usageErr("--log-format %q: want text or json", format)
+}
+
+func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error {
+	log, err := newLogger(os.Stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		return err
+	}
+	var adv []policy.Endpoint
+	for _, a := range o.advertise {
+		ep, err := parseEndpoint(a)
+		if err != nil {
+			return usageErr("--advertise %q: %v", a, err)
+		}
+		adv = append(adv, ep)
+	}
+	hostKey, err := sshkey.Load(filepath.Join(o.dataDir, hostKeyFile))
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("%s has no host key: run 'cordon controller init --data-dir %s' first", o.dataDir, o.dataDir)
+		}
+		return err
+	}
+	st, err := store.OpenSQLite(ctx, filepath.Join(o.dataDir, dbFile))
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	ev, err := evidencestore.Open(filepath.Join(o.dataDir, evidenceDir))
+	if err != nil {
+		return err
+	}
+	srv, err := server.New(server.Config{Store: st, Evidence: ev, HostKey: hostKey, Advertise: adv, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", o.listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", o.listen, err)
+	}
+	return srv.Serve(ctx, ln)
+}
+
+func parseEndpoint(s string) (policy.Endpoint, error) {
+	ap, err := netip.ParseAddrPort(s)
+	if err != nil {
+		return policy.Endpoint{}, fmt.Errorf("want ip:port (an IP, not a name: nothing is resolved on an isolated host)")
+	}
+	return policy.Endpoint{Addr: ap.Addr().Unmap(), Port: ap.Port()}, nil
+}

@@ -1,0 +1,195 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/controller/client"
+)
+
+type orderOptions struct {
+	reason   string
+	incident string
+	allow    []string
+	wait     bool
+	timeout  time.Duration
+}
+
+func newIsolateCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "isolate",
+		Short: "Isolate a host: snapshot its volatile state, then cut it off the network",
+	}
+	o := &orderOptions{}
+	host := &cobra.Command{
+		Use:   "host NAME --reason TEXT [--incident ID] [--allow CIDR]... [--wait]",
+		Short: "Isolate one host (role responder)",
+		Long: `Isolate one host. The agent first captures the host's volatile state as signed
+evidence, then isolates it: only loopback, the controller and the allowlist stay
+reachable, inbound, outbound and forwarded, over IPv4 and IPv6. The order is
+stored before it is sent, so an offline host is isolated as soon as it connects.`,
+		Args: exactArgs(1, "a host name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runOrder(cmd.Context(), g, api.OpIsolate, args[0], o)
+		},
+	}
+	f := host.Flags()
+	f.StringVar(&o.reason, "reason", "", "why the host is isolated (required; recorded in the audit log and the order)")
+	f.StringVar(&o.incident, "incident", "", "incident `id` the order belongs to")
+	f.StringArrayVar(&o.allow, "allow", nil, "`CIDR` or IP that stays reachable both ways (repeatable)")
+	f.BoolVar(&o.wait, "wait", false, "wait until the host is verified isolated or the order failed")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	host.MarkFlagRequired("reason")
+	cmd.AddCommand(host)
+	return cmd
+}
+
+func newReleaseCmd(g *globals) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "release",
+		Short: "Release an isolated host",
+	}
+	o := &orderOptions{}
+	host := &cobra.Command{
+		Use:   "host NAME --reason TEXT [--wait]",
+		Short: "Release one host: remove exactly Cordon's rules (role responder)",
+		Args:  exactArgs(1, "a host name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runOrder(cmd.Context(), g, api.OpRelease, args[0], o)
+		},
+	}
+	f := host.Flags()
+	f.StringVar(&o.reason, "reason", "", "why the host is released (required)")
+	f.StringVar(&o.incident, "incident", "", "incident `id` the order belongs to")
+	f.BoolVar(&o.wait, "wait", false, "wait until the host is verified released or the order failed")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	host.MarkFlagRequired("reason")
+	cmd.AddCommand(host)
+	return cmd
+}
+
+func exactArgs(n int, what string) cobra.PositionalArgs {
+	return func(cmd *cobra.Command, args []string) error {
+		if len(args) != n {
+			return usageErr("%s takes %s; got %d arguments\nRun '%s --help' for usage.", cmd.CommandPath(), what, len(args), cmd.CommandPath())
+		}
+		return nil
+	}
+}
+
+func runOrder(ctx context.Context, g *globals, op, host string, o *orderOptions) error {
+	if o.reason == "" {
+		return usageErr("--reason is required: say why, it goes into the audit log")
+	}
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var args any = api.ReleaseArgs{Host: host, Reason: o.reason, Incident: o.incident}
+	if op == api.OpIsolate {
+		args = api.IsolateArgs{Host: host, Reason: o.reason, Incident: o.incident, Allow: o.allow}
+	}
+	var ord api.Order
+	if err := c.Call(ctx, op, args, &ord); err != nil {
+		return err
+	}
+	text := !g.json()
+	if text {
+		fmt.Fprintf(g.io.Out, "order %s: %s host %s\n", ord.ID, ord.Kind, ord.Host)
+		if !ord.HostOnline {
+			fmt.Fprintf(g.io.Out, "agent offline: order queued, delivered as soon as %s connects\n", ord.Host)
+		}
+	}
+	if !o.wait {
+		if g.json() {
+			return g.printJSON(ord)
+		}
+		fmt.Fprintf(g.io.Out, "follow it with: cordon orders --host %s\n", ord.Host)
+		return nil
+	}
+	final, err := waitOrder(ctx, g, c, ord, o.timeout)
+	if g.json() {
+		if perr := g.printJSON(final); perr != nil {
+			return perr
+		}
+	}
+	return err
+}
+
+// waitOrder follows an order until it is done or failed and, for an isolate
+// order, until its evidence is stored, printing each step in text mode.
+func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order, timeout time.Duration) (api.Order, error) {
+	deadline := time.Now().Add(timeout)
+	text := !g.json()
+	seen := ord
+	seen.DeliveredAt, seen.SnapshotID, seen.SnapshotStored, seen.State = time.Time{}, "", false, "pending"
+	report := func(o api.Order) {
+		if !text {
+			return
+		}
+		if !o.DeliveredAt.IsZero() && seen.DeliveredAt.IsZero() {
+			fmt.Fprintf(g.io.Out, "delivered to the agent (%v after issue)\n", o.DeliveredAt.Sub(o.CreatedAt).Round(time.Millisecond))
+		}
+		if o.SnapshotID != "" && seen.SnapshotID == "" {
+			fmt.Fprintf(g.io.Out, "evidence captured: snapshot %s in %v (sha256 %s)\n", o.SnapshotID,
+				time.Duration(o.SnapshotNS).Round(time.Millisecond), short(o.SnapshotSHA256))
+		}
+		if o.Terminal() && !seen.Terminal() {
+			switch {
+			case o.State == "failed":
+				fmt.Fprintf(g.io.Out, "FAILED: %s\n", o.Error)
+			case o.Kind == api.OpIsolate:
+				fmt.Fprintf(g.io.Out, "isolated: rules verified on the host (digest %s), %v after issue\n", short(o.Digest),
+					o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
+			default:
+				fmt.Fprintf(g.io.Out, "released: Cordon's rules removed, %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
+			}
+		}
+		if o.SnapshotStored && !seen.SnapshotStored {
+			fmt.Fprintf(g.io.Out, "evidence stored at the controller: cordon snapshot download %s --out .\n", o.SnapshotID)
+		}
+		seen = o
+	}
+	report(ord)
+	cur := ord
+	for !(cur.Terminal() && (cur.SnapshotID == "" || cur.SnapshotStored)) {
+		left := time.Until(deadline)
+		if left <= 0 {
+			if cur.Terminal() {
+				if text {
+					fmt.Fprintf(g.io.Out, "evidence not yet stored at the controller; 'cordon snapshots --host %s' will list it\n", cur.Host)
+				}
+				break
+			}
+			return cur, &ExitError{Code: ExitWaitTimedOut, Err: fmt.Errorf("order %s is still %s after %v; it stays in force: follow it with 'cordon orders --host %s'", cur.ID, cur.State, timeout, cur.Host)}
+		}
+		var next api.Order
+		err := c.Call(ctx, api.OpOrderWait, api.OrderWaitArgs{ID: cur.ID, After: cur.Version, TimeoutMS: min(left, 30*time.Second).Milliseconds()}, &next)
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return cur, err
+			}
+			return cur, fmt.Errorf("waiting for order %s: %w (the order stays in force)", cur.ID, err)
+		}
+		report(next)
+		cur = next
+	}
+	if cur.State == "failed" {
+		return cur, &ExitError{Code: ExitOrderFailed, Err: fmt.Errorf("order %s failed: %s", cur.ID, cur.Error)}
+	}
+	return cur, nil
+}
+
+// short abbreviates a digest for text output.
+func short(d string) string {
+	if len(d) > 19 {
+		return d[:19] + "…"
+	}
+	return d
+}

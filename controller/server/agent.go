@@ -1,0 +1,676 @@
+package server
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/controller/evidencestore"
+	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/evidence"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// agentConn is one live agent connection.
+type agentConn struct {
+	name   string
+	fp     string
+	conn   *ssh.ServerConn
+	local  netip.AddrPort // the controller's end of the connection
+	log    *slog.Logger
+	kickCh chan struct{}
+	done   chan struct{}
+}
+
+func (a *agentConn) kick() {
+	select {
+	case a.kickCh <- struct{}{}:
+	default:
+	}
+}
+
+// channelTimeout bounds a request/response exchange on one channel, so that
+// a half-dead agent cannot hold a goroutine forever.
+const channelTimeout = 30 * time.Second
+
+func (s *Server) serveAgent(ctx context.Context, sconn *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
+	ext := sconn.Permissions.Extensions
+	a := &agentConn{
+		name:   ext[extName],
+		fp:     ext[extFP],
+		conn:   sconn,
+		kickCh: make(chan struct{}, 1),
+		done:   make(chan struct{}),
+	}
+	if ap, err := netip.ParseAddrPort(sconn.LocalAddr().String()); err == nil {
+		a.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	a.log = s.log.With("host", a.name, "remote", sconn.RemoteAddr().String())
+	go s.agentRequests(reqs)
+
+	// The first channel must be the hello.
+	var hello wire.Hello
+	select {
+	case nc, ok := <-chans:
+		if !ok {
+			return
+		}
+		if nc.ChannelType() != wire.ChanHello {
+			nc.Reject(ssh.Prohibited, "send "+wire.ChanHello+" first")
+			a.log.Warn("agent did not start with hello", "channel", nc.ChannelType())
+			return
+		}
+		if err := s.acceptHello(ctx, a, nc, &hello); err != nil {
+			a.log.Warn("hello refused", "err", err)
+			return
+		}
+	case <-time.After(s.cfg.HandshakeTimeout):
+		a.log.Warn("agent sent no hello in time")
+		return
+	case <-ctx.Done():
+		return
+	}
+
+	s.mu.Lock()
+	old := s.agents[a.name]
+	s.agents[a.name] = a
+	s.mu.Unlock()
+	if old != nil {
+		a.log.Info("agent reconnected; closing its previous connection")
+		old.conn.Close()
+	}
+	a.log.Info("agent online", "agent_version", hello.AgentVersion, "plugin", hello.Firewall.Plugin,
+		"isolated", hello.Firewall.Isolated)
+	s.notify()
+
+	go s.keepalive(a)
+	go s.deliverLoop(ctx, a)
+	a.kick()
+
+	for nc := range chans {
+		switch nc.ChannelType() {
+		case wire.ChanReport:
+			go s.handleReport(ctx, a, nc)
+		case wire.ChanEvidence:
+			go s.handleEvidence(ctx, a, nc)
+		default:
+			nc.Reject(ssh.UnknownChannelType, "unknown channel type")
+		}
+	}
+	close(a.done)
+	s.mu.Lock()
+	if s.agents[a.name] == a {
+		delete(s.agents, a.name)
+	}
+	s.mu.Unlock()
+	s.touch(a.name)
+	s.notify()
+	a.log.Info("agent offline")
+}
+
+// agentRequests answers an agent's global requests: keepalives and clock
+// probes. Anything else is refused.
+func (s *Server) agentRequests(reqs <-chan *ssh.Request) {
+	for r := range reqs {
+		switch r.Type {
+		case wire.ReqKeepalive:
+			r.Reply(true, nil)
+		case wire.ReqTime:
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(time.Now().UnixNano()))
+			r.Reply(true, b[:])
+		default:
+			r.Reply(false, nil)
+		}
+	}
+}
+
+// keepalive closes the connection when the agent stops answering.
+func (s *Server) keepalive(a *agentConn) {
+	t := time.NewTicker(s.cfg.KeepaliveInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-a.done:
+			return
+		case <-t.C:
+		}
+		if err := sendKeepalive(a.conn, 2*s.cfg.KeepaliveInterval); err != nil {
+			a.log.Warn("agent stopped answering; closing its connection", "err", err)
+			a.conn.Close()
+			return
+		}
+		s.touch(a.name)
+	}
+}
+
+// sendKeepalive sends a keepalive request and waits up to timeout for the
+// reply.
+func sendKeepalive(c ssh.Conn, timeout time.Duration) error {
+	errc := make(chan error, 1)
+	go func() {
+		_, _, err := c.SendRequest(wire.ReqKeepalive, true, nil)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(timeout):
+		return fmt.Errorf("no keepalive reply in %v", timeout)
+	}
+}
+
+// touch records that the agent was seen now.
+func (s *Server) touch(name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	now := time.Now().UTC()
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		h, err := tx.Host(name)
+		if err != nil {
+			return err
+		}
+		h.LastSeen = now
+		return tx.PutHost(h)
+	})
+	if err != nil {
+		s.log.Warn("record last seen", "host", name, "err", err)
+	}
+}
+
+// acceptHello reads the agent's hello, records what it says and reconciles
+// the host's desired state with its firewall (DESIGN.md §3.7).
+func (s *Server) acceptHello(ctx context.Context, a *agentConn, nc ssh.NewChannel, hello *wire.Hello) error {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	stop := closeAfter(ch, s.cfg.HandshakeTimeout)
+	defer stop()
+	if err := wire.ReadFrame(ch, hello); err != nil {
+		wire.WriteFrame(ch, &wire.HelloAck{V: wire.Version, Error: err.Error()})
+		return err
+	}
+	if hello.Name != a.name {
+		err := fmt.Errorf("agent key is enrolled as %q but the agent says it is %q", a.name, hello.Name)
+		wire.WriteFrame(ch, &wire.HelloAck{V: wire.Version, Error: err.Error()})
+		return err
+	}
+	if err := s.reconcile(ctx, a, hello); err != nil {
+		wire.WriteFrame(ch, &wire.HelloAck{V: wire.Version, Error: "controller could not record the hello"})
+		return err
+	}
+	return wire.WriteFrame(ch, &wire.HelloAck{V: wire.Version, OK: true})
+}
+
+func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello) error {
+	now := time.Now().UTC()
+	fw := hello.Firewall
+	var repush *store.Order
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		repush = nil
+		h, err := tx.Host(a.name)
+		if err != nil {
+			return err
+		}
+		h.LastSeen, h.Addr = now, a.conn.RemoteAddr().String()
+		h.Hostname, h.MachineID, h.BootID, h.AgentVersion = hello.Hostname, hello.MachineID, hello.BootID, hello.AgentVersion
+		h.Plugin = fw.Plugin
+		if fw.Version != "" {
+			h.Plugin += " " + fw.Version
+		}
+		// Orders the agent had but no longer knows of (it restarted while
+		// carrying them out) go back to pending, to be sent again.
+		inFlight := false
+		orders, err := tx.Orders(h.Name, 20)
+		if err != nil {
+			return err
+		}
+		for _, o := range orders {
+			switch o.State {
+			case store.OrderPending:
+				inFlight = true
+			case store.OrderDelivered:
+				inFlight = true
+				if !slices.Contains(hello.Orders, o.ID) {
+					o.State = store.OrderPending
+					if err := tx.PutOrder(o); err != nil {
+						return err
+					}
+					if err := tx.AddAudit(store.Audit{At: now, Actor: "controller", Action: "redeliver", Host: h.Name, OrderID: o.ID,
+						Detail: "agent reconnected without the order (it restarted); sending it again"}); err != nil {
+						return err
+					}
+				}
+			}
+		}
+		if !inFlight {
+			switch {
+			case h.Desired == store.StateIsolated && !fw.Isolated && h.IsolateOrder != "":
+				// Rules are gone (reboot, or removed by hand): isolate again
+				// with the same policy.
+				prev, err := tx.Order(h.IsolateOrder)
+				if err != nil {
+					return err
+				}
+				o := &store.Order{ID: newID("ord"), Host: h.Name, Kind: string(wire.KindIsolate),
+					Reason: "re-apply isolation: agent reconnected without Cordon's rules (" + prev.ID + ")", Incident: prev.Incident,
+					Allow: prev.Allow, Operator: "controller", State: store.OrderPending, CreatedAt: now}
+				if err := tx.AddOrder(o); err != nil {
+					return err
+				}
+				h.State, h.StateReason, h.StateSince = store.StateIsolating, "re-applying after reconnect", now
+				h.LastOrder, h.IsolateOrder = o.ID, o.ID
+				repush = o
+				if err := tx.AddAudit(store.Audit{At: now, Actor: "controller", Action: "isolate", Host: h.Name, OrderID: o.ID,
+					Detail: o.Reason}); err != nil {
+					return err
+				}
+			case fw.Isolated && h.State != store.StateIsolated:
+				h.State, h.StateSince, h.Digest = store.StateIsolated, now, fw.Digest
+				h.StateReason = ""
+				if h.Desired != store.StateIsolated {
+					h.StateReason = "agent reports Cordon's rules in place although release was the last order; release it with 'cordon release host'"
+				}
+			case !fw.Isolated && h.State == store.StateIsolated:
+				h.State, h.StateSince, h.Digest, h.StateReason = store.StateReleased, now, "", "agent reports no Cordon rules"
+			}
+		}
+		return tx.PutHost(h)
+	})
+	if err != nil {
+		return err
+	}
+	if repush != nil {
+		a.log.Warn("re-applying isolation after reconnect", "order_id", repush.ID, "incident", repush.Incident)
+	}
+	return nil
+}
+
+// deliverLoop sends the host's pending orders, oldest first, whenever it is
+// kicked, until the connection ends.
+func (s *Server) deliverLoop(ctx context.Context, a *agentConn) {
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	for {
+		select {
+		case <-a.done:
+			return
+		case <-ctx.Done():
+			return
+		case <-a.kickCh:
+		case <-retry.C:
+		}
+		var pending []store.Order
+		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
+			pending, err = tx.PendingOrders(a.name)
+			return err
+		})
+		if err != nil {
+			a.log.Error("read pending orders", "err", err)
+			retry.Reset(5 * time.Second)
+			continue
+		}
+		for _, o := range pending {
+			if err := s.deliver(ctx, a, o); err != nil {
+				a.log.Warn("order not delivered; will retry", "order_id", o.ID, "incident", o.Incident, "err", err)
+				retry.Reset(5 * time.Second)
+				break
+			}
+		}
+	}
+}
+
+// endpoints returns the controller endpoints the agent must keep reaching:
+// the address it is connected to, and any advertised ones.
+func (s *Server) endpoints(a *agentConn) []policy.Endpoint {
+	var eps []policy.Endpoint
+	if a.local.IsValid() && !a.local.Addr().IsUnspecified() {
+		eps = append(eps, policy.Endpoint{Addr: a.local.Addr(), Port: a.local.Port()})
+	}
+	return append(eps, s.cfg.Advertise...)
+}
+
+// deliver sends one order and records the agent's answer.
+func (s *Server) deliver(ctx context.Context, a *agentConn, o store.Order) error {
+	wo := wire.Order{V: wire.Version, ID: o.ID, Kind: wire.OrderKind(o.Kind), Host: o.Host, Reason: o.Reason,
+		Incident: o.Incident, Operator: o.Operator, IssuedAt: o.CreatedAt}
+	if o.OperatorKey != "" {
+		wo.Operator += " (" + o.OperatorKey + ")"
+	}
+	if wo.Kind == wire.KindIsolate {
+		p := policy.Policy{Controllers: s.endpoints(a)}
+		for _, c := range o.Allow {
+			pfx, err := policy.ParsePrefix(c)
+			if err != nil {
+				return s.failOrder(ctx, o, fmt.Sprintf("stored allowlist entry: %v", err))
+			}
+			p.Allow = append(p.Allow, pfx)
+		}
+		p = p.Canonical()
+		wo.Policy = &p
+	}
+	if err := wo.Validate(); err != nil {
+		return s.failOrder(ctx, o, fmt.Sprintf("order cannot be sent: %v", err))
+	}
+	ch, reqs, err := a.conn.OpenChannel(wire.ChanOrder, nil)
+	if err != nil {
+		return fmt.Errorf("open order channel: %w", err)
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	stop := closeAfter(ch, channelTimeout)
+	defer stop()
+	if err := wire.WriteFrame(ch, &wo); err != nil {
+		return fmt.Errorf("send order: %w", err)
+	}
+	var ack wire.OrderAck
+	if err := wire.ReadFrame(ch, &ack); err != nil {
+		return fmt.Errorf("read order ack: %w", err)
+	}
+	if !ack.Accepted {
+		return s.failOrder(ctx, o, "agent refused the order: "+ack.Error)
+	}
+	now := time.Now().UTC()
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		cur, err := tx.Order(o.ID)
+		if err != nil {
+			return err
+		}
+		if cur.State != store.OrderPending {
+			return nil // a report overtook the ack
+		}
+		cur.State, cur.DeliveredAt = store.OrderDelivered, now
+		return tx.PutOrder(cur)
+	})
+	if err != nil {
+		return err
+	}
+	a.log.Info("order delivered", "order_id", o.ID, "kind", o.Kind, "incident", o.Incident)
+	s.notify()
+	return nil
+}
+
+// failOrder marks an order failed without the agent having run it. It
+// returns nil so delivery goes on with the next order.
+func (s *Server) failOrder(ctx context.Context, o store.Order, reason string) error {
+	now := time.Now().UTC()
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		cur, err := tx.Order(o.ID)
+		if err != nil {
+			return err
+		}
+		cur.State, cur.Error, cur.DoneAt = store.OrderFailed, reason, now
+		if err := tx.PutOrder(cur); err != nil {
+			return err
+		}
+		h, err := tx.Host(o.Host)
+		if err != nil {
+			return err
+		}
+		if h.LastOrder == o.ID {
+			h.State, h.StateReason, h.StateSince = store.StateFailed, reason, now
+			if err := tx.PutHost(h); err != nil {
+				return err
+			}
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: "controller", Action: "order-failed", Host: o.Host, OrderID: o.ID, Detail: reason})
+	})
+	s.notify()
+	s.log.Error("order failed", "host", o.Host, "order_id", o.ID, "incident", o.Incident, "err", reason)
+	return err
+}
+
+// handleReport records an agent's report on an order.
+func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	stop := closeAfter(ch, channelTimeout)
+	defer stop()
+	var r wire.Report
+	if err := wire.ReadFrame(ch, &r); err != nil {
+		a.log.Warn("bad report", "err", err)
+		wire.WriteFrame(ch, &wire.Ack{V: wire.Version, Error: err.Error()})
+		return
+	}
+	var o store.Order
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) (err error) {
+		o, err = applyReport(tx, a.name, &r, time.Now().UTC())
+		return err
+	})
+	if err != nil {
+		a.log.Warn("report not recorded", "order_id", r.OrderID, "err", err)
+		msg := "controller could not record the report"
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, errForeignOrder) {
+			msg = err.Error()
+		}
+		wire.WriteFrame(ch, &wire.Ack{V: wire.Version, Error: msg})
+		return
+	}
+	wire.WriteFrame(ch, &wire.Ack{V: wire.Version, OK: true})
+	s.notify()
+	l := a.log.With("order_id", o.ID, "incident", o.Incident, "stage", string(r.Stage))
+	switch r.Stage {
+	case wire.StageFailed:
+		l.Error("order failed on the agent", "err", r.Error)
+	case wire.StageIsolated:
+		l.Info("host isolated", "digest", r.Digest, "issued_to_verified", time.Duration(o.DoneAt.Sub(o.CreatedAt)).String())
+	default:
+		l.Info("order progress")
+	}
+}
+
+var errForeignOrder = errors.New("order belongs to another host")
+
+// applyReport updates an order and its host from a report. Reports are
+// idempotent: one that arrives twice changes nothing the second time.
+func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store.Order, error) {
+	o, err := tx.Order(r.OrderID)
+	if err != nil {
+		return o, err
+	}
+	if o.Host != host {
+		return o, fmt.Errorf("%w: %s is for %s", errForeignOrder, o.ID, o.Host)
+	}
+	h, err := tx.Host(host)
+	if err != nil {
+		return o, err
+	}
+	if o.State == store.OrderPending {
+		o.State, o.DeliveredAt = store.OrderDelivered, now
+	}
+	latest := h.LastOrder == o.ID
+	audit := store.Audit{At: now, Actor: host, ActorKey: h.Fingerprint, Host: host, OrderID: o.ID}
+	switch r.Stage {
+	case wire.StageSnapshot:
+		if o.SnapshotID == "" {
+			o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize, o.SnapshotNS = r.Snapshot.ID, r.Snapshot.SHA256, r.Snapshot.Size, r.SnapshotNS
+			audit.Action = "snapshot"
+			audit.Detail = fmt.Sprintf("snapshot %s taken in %v, sha256 %s, %d bytes", r.Snapshot.ID, time.Duration(r.SnapshotNS), r.Snapshot.SHA256, r.Snapshot.Size)
+			if _, err := tx.Snapshot(r.Snapshot.ID); err == nil {
+				o.SnapshotStored = true
+			}
+		}
+	case wire.StageIsolated, wire.StageReleased, wire.StageFailed:
+		if o.State == store.OrderDone || o.State == store.OrderFailed {
+			return o, nil
+		}
+		o.DoneAt, o.ApplyNS, o.VerifyNS, o.FlowsCut = now, r.ApplyNS, r.VerifyNS, r.FlowsCut
+		if r.SnapshotNS != 0 {
+			o.SnapshotNS = r.SnapshotNS
+		}
+		switch r.Stage {
+		case wire.StageIsolated:
+			o.State, o.Digest = store.OrderDone, r.Digest
+			audit.Action, audit.Detail = "isolated", "isolation verified, rules digest "+r.Digest
+			if latest {
+				h.State, h.StateReason, h.Digest = store.StateIsolated, "", r.Digest
+			}
+		case wire.StageReleased:
+			o.State = store.OrderDone
+			audit.Action, audit.Detail = "released", "Cordon's rules removed"
+			if latest {
+				h.State, h.StateReason, h.Digest = store.StateReleased, "", ""
+			}
+		case wire.StageFailed:
+			o.State, o.Error = store.OrderFailed, r.Error
+			audit.Action, audit.Detail = "order-failed", r.Error
+			if fw := r.Firewall; fw != nil {
+				audit.Detail += fmt.Sprintf(" (firewall: isolated=%v %s)", fw.Isolated, fw.Partial)
+			}
+			if latest {
+				h.State, h.StateReason = store.StateFailed, r.Error
+				if fw := r.Firewall; fw != nil && fw.Isolated {
+					h.Digest = fw.Digest
+				}
+			}
+		}
+		if latest {
+			h.StateSince = now
+		}
+	}
+	if err := tx.PutOrder(o); err != nil {
+		return o, err
+	}
+	if err := tx.PutHost(h); err != nil {
+		return o, err
+	}
+	if audit.Action != "" {
+		if err := tx.AddAudit(audit); err != nil {
+			return o, err
+		}
+	}
+	return tx.Order(o.ID)
+}
+
+// handleEvidence receives an evidence bundle, stores it content-addressed,
+// verifies it against the agent's enrolled key, and records it with its
+// first custody entry. Any failure is answered with an error so the agent
+// keeps the bundle and sends it again later.
+func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	var hdr wire.EvidenceHeader
+	reply := func(err error) {
+		ack := wire.Ack{V: wire.Version, OK: err == nil}
+		if err != nil {
+			ack.Error = err.Error()
+		}
+		wire.WriteFrame(ch, &ack)
+	}
+	stopHdr := closeAfter(ch, channelTimeout)
+	if err := wire.ReadFrame(ch, &hdr); err != nil {
+		stopHdr()
+		a.log.Warn("bad evidence header", "err", err)
+		reply(err)
+		return
+	}
+	stopHdr()
+	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID)
+	// The upload may be large; it is bounded by progress, not a total time:
+	// the keepalive closes a connection that stops moving.
+	if err := s.cfg.Evidence.Put(ch, hdr.SHA256, hdr.Size); err != nil {
+		l.Error("evidence not stored", "err", err)
+		if errors.Is(err, evidencestore.ErrMismatch) {
+			reply(err)
+		} else {
+			reply(fmt.Errorf("controller could not store the evidence: %v", err))
+		}
+		return
+	}
+	detail := "stored"
+	if rep, err := s.verifyStored(hdr.SHA256, a.fp); err != nil {
+		l.Error("stored evidence does not verify", "err", err)
+		detail = "verification at receipt FAILED: " + err.Error()
+	} else {
+		detail = fmt.Sprintf("verified at receipt: signature by %s, %d files", rep.SignerFingerprint, rep.Files)
+	}
+	now := time.Now().UTC()
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		snap := store.Snapshot{ID: hdr.SnapshotID, SHA256: hdr.SHA256, Size: hdr.Size, Host: a.name, OrderID: hdr.OrderID,
+			TakenAt: hdr.TakenAt.UTC(), ReceivedAt: now, AgentKey: a.fp, FileName: evidence.FileName(a.name, hdr.TakenAt, hdr.SnapshotID)}
+		if err := tx.AddSnapshot(snap); err != nil {
+			if !errors.Is(err, store.ErrExists) {
+				return err
+			}
+			prev, err := tx.Snapshot(hdr.SnapshotID)
+			if err != nil {
+				return err
+			}
+			if prev.SHA256 != hdr.SHA256 || prev.Host != a.name {
+				return fmt.Errorf("snapshot %s was already received with another sha256", hdr.SnapshotID)
+			}
+			return nil // sent again after a lost ack
+		}
+		if err := tx.AddCustody(store.Custody{SnapshotID: snap.ID, At: now, Event: "received", Actor: a.name, ActorKey: a.fp,
+			SHA256: snap.SHA256, Detail: detail}); err != nil {
+			return err
+		}
+		if hdr.OrderID != "" {
+			o, err := tx.Order(hdr.OrderID)
+			if err == nil && o.Host == a.name {
+				o.SnapshotStored = true
+				if o.SnapshotID == "" {
+					o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize = snap.ID, snap.SHA256, snap.Size
+				}
+				if err := tx.PutOrder(o); err != nil {
+					return err
+				}
+			}
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: a.name, ActorKey: a.fp, Action: "evidence-received", Host: a.name,
+			OrderID: hdr.OrderID, Detail: fmt.Sprintf("snapshot %s, sha256 %s, %d bytes; %s", snap.ID, snap.SHA256, snap.Size, detail)})
+	})
+	if err != nil {
+		l.Error("evidence not recorded", "err", err)
+		reply(fmt.Errorf("controller could not record the evidence: %v", err))
+		return
+	}
+	reply(nil)
+	s.notify()
+	l.Info("evidence stored", "sha256", hdr.SHA256, "size", hdr.Size)
+}
+
+// verifyStored checks a stored bundle's hashes and signature, requiring the
+// signer to be the agent's enrolled key.
+func (s *Server) verifyStored(sum, agentFP string) (*evidence.Report, error) {
+	f, err := s.cfg.Evidence.Open(sum)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	rep, err := evidence.Verify(f, evidence.VerifyOptions{})
+	if err != nil {
+		return nil, err
+	}
+	if rep.SignerFingerprint != agentFP {
+		return rep, fmt.Errorf("signed by %s, not by the agent's enrolled key %s", rep.SignerFingerprint, agentFP)
+	}
+	return rep, nil
+}
+
+// closeAfter closes c after d unless the returned stop function is called
+// first: a bound on an exchange over an SSH channel, which has no deadlines.
+func closeAfter(c io.Closer, d time.Duration) (stop func()) {
+	t := time.AfterFunc(d, func() { c.Close() })
+	return func() { t.Stop() }
+}

@@ -1,0 +1,513 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// operator is an authenticated operator connection.
+type operator struct {
+	name, role, fp string
+	log            *slog.Logger
+}
+
+func (o operator) actor() string { return o.name }
+
+// allowed says which roles may run an operation.
+var allowed = map[string][]string{
+	api.OpIsolate:          {api.RoleResponder},
+	api.OpRelease:          {api.RoleResponder},
+	api.OpOrder:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
+	api.OpOrderWait:        {api.RoleResponder, api.RoleForensic, api.RoleViewer},
+	api.OpOrders:           {api.RoleResponder, api.RoleForensic, api.RoleViewer},
+	api.OpHosts:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
+	api.OpSnapshots:        {api.RoleForensic},
+	api.OpSnapshotDownload: {api.RoleForensic},
+	api.OpEnrollCreate:     {},
+	api.OpOperatorAdd:      {},
+	api.OpAudit:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
+	api.OpWhoami:           {api.RoleResponder, api.RoleForensic, api.RoleViewer},
+}
+
+func (s *Server) serveOperator(ctx context.Context, sconn *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
+	ext := sconn.Permissions.Extensions
+	op := operator{name: ext[extName], role: ext[extRole], fp: ext[extFP]}
+	op.log = s.log.With("operator", op.name, "operator_key", op.fp, "remote", sconn.RemoteAddr().String())
+	go func() {
+		for r := range reqs {
+			r.Reply(r.Type == wire.ReqKeepalive, nil)
+		}
+	}()
+	for nc := range chans {
+		if nc.ChannelType() != api.ChanName {
+			nc.Reject(ssh.UnknownChannelType, "operators may only open "+api.ChanName)
+			continue
+		}
+		go s.handleAPI(ctx, op, nc)
+	}
+}
+
+func (s *Server) handleAPI(ctx context.Context, op operator, nc ssh.NewChannel) {
+	ch, reqs, err := nc.Accept()
+	if err != nil {
+		return
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	var req api.Request
+	stop := closeAfter(ch, channelTimeout)
+	err = wire.ReadFrame(ch, &req)
+	stop()
+	if err != nil {
+		writeResponse(ch, nil, api.Errorf(api.CodeInvalid, "%v", err))
+		return
+	}
+	roles, known := allowed[req.Op]
+	if !known {
+		writeResponse(ch, nil, api.Errorf(api.CodeInvalid, "unknown operation %q", req.Op))
+		return
+	}
+	if op.role != api.RoleAdmin && !contains(roles, op.role) {
+		op.log.Warn("operation refused by role", "op", req.Op, "role", op.role)
+		writeResponse(ch, nil, api.Errorf(api.CodeForbidden, "operator %s has role %s, which may not %s", op.name, op.role, req.Op))
+		return
+	}
+	if req.Op == api.OpSnapshotDownload {
+		s.download(ctx, op, req, ch)
+		return
+	}
+	result, err := s.call(ctx, op, req)
+	writeResponse(ch, result, err)
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func writeResponse(w io.Writer, result any, err error) error {
+	resp := api.Response{V: wire.Version}
+	if err != nil {
+		var ae *api.Error
+		if !errors.As(err, &ae) {
+			ae = &api.Error{Code: api.CodeInternal, Message: err.Error()}
+		}
+		resp.Error = ae
+	} else {
+		b, merr := json.Marshal(result)
+		if merr != nil {
+			resp.Error = &api.Error{Code: api.CodeInternal, Message: merr.Error()}
+		} else {
+			resp.Result = b
+		}
+	}
+	return wire.WriteFrame(w, &resp)
+}
+
+// decodeArgs decodes an operation's arguments strictly.
+func decodeArgs(raw json.RawMessage, v any) error {
+	if len(raw) == 0 {
+		raw = []byte("{}")
+	}
+	if err := wire.Decode(raw, v); err != nil {
+		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	return nil
+}
+
+// storeErr turns store errors into API errors.
+func storeErr(err error, what string) error {
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, store.ErrNotFound):
+		return api.Errorf(api.CodeNotFound, "%s", what)
+	case isDiskFull(err):
+		return api.Errorf(api.CodeUnavailable, "controller storage is full: %v", err)
+	}
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	return err
+}
+
+func isDiskFull(err error) bool {
+	m := err.Error()
+	return strings.Contains(m, "no space left") || strings.Contains(m, "database or disk is full") || strings.Contains(m, "SQLITE_FULL")
+}
+
+func (s *Server) call(ctx context.Context, op operator, req api.Request) (any, error) {
+	switch req.Op {
+	case api.OpIsolate:
+		var a api.IsolateArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.isolate(ctx, op, a)
+	case api.OpRelease:
+		var a api.ReleaseArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.release(ctx, op, a)
+	case api.OpOrder:
+		var a api.OrderArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.order(ctx, a.ID)
+	case api.OpOrderWait:
+		var a api.OrderWaitArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.orderWait(ctx, a)
+	case api.OpOrders:
+		var a api.OrdersArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		var orders []store.Order
+		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { orders, err = tx.Orders(a.Host, a.Limit); return })
+		if err != nil {
+			return nil, err
+		}
+		out := []api.Order{}
+		for _, o := range orders {
+			out = append(out, s.apiOrder(o))
+		}
+		return out, nil
+	case api.OpHosts:
+		var a api.HostsArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.hosts(ctx)
+	case api.OpSnapshots:
+		var a api.SnapshotsArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		var snaps []store.Snapshot
+		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { snaps, err = tx.Snapshots(a.Host); return })
+		if err != nil {
+			return nil, err
+		}
+		out := []api.Snapshot{}
+		for _, sn := range snaps {
+			out = append(out, apiSnapshot(sn))
+		}
+		return out, nil
+	case api.OpEnrollCreate:
+		var a api.EnrollArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		ttl := DefaultTokenTTL
+		if a.TTLSeconds != 0 {
+			ttl = time.Duration(a.TTLSeconds) * time.Second
+		}
+		if ttl < time.Minute || ttl > 30*24*time.Hour {
+			return nil, api.Errorf(api.CodeInvalid, "token lifetime %v out of range (1m to 720h)", ttl)
+		}
+		var tok api.EnrollToken
+		now := time.Now().UTC()
+		err := s.cfg.Store.Update(ctx, func(tx store.Tx) (err error) {
+			tok.Token, tok.ExpiresAt, err = MintToken(tx, op.name, ttl, now)
+			if err != nil {
+				return err
+			}
+			return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "enroll-token",
+				Detail: "one-time enrollment token created, expires " + tok.ExpiresAt.Format(time.RFC3339)})
+		})
+		if err != nil {
+			return nil, storeErr(err, "")
+		}
+		op.log.Info("enrollment token created", "expires_at", tok.ExpiresAt)
+		return tok, nil
+	case api.OpOperatorAdd:
+		var a api.OperatorAddArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.operatorAdd(ctx, op, a)
+	case api.OpAudit:
+		var a api.AuditArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		var entries []store.Audit
+		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { entries, err = tx.Audit(a.Host, a.Limit); return })
+		if err != nil {
+			return nil, err
+		}
+		out := []api.AuditEntry{}
+		for _, e := range entries {
+			out = append(out, api.AuditEntry{At: e.At, Actor: e.Actor, ActorKey: e.ActorKey, Action: e.Action, Host: e.Host, OrderID: e.OrderID, Detail: e.Detail})
+		}
+		return out, nil
+	case api.OpWhoami:
+		var a api.NoArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return api.Operator{Name: op.name, Role: op.role, Fingerprint: op.fp}, nil
+	}
+	return nil, api.Errorf(api.CodeInvalid, "unknown operation %q", req.Op)
+}
+
+func checkText(field, s string, max int, required bool) error {
+	if required && strings.TrimSpace(s) == "" {
+		return api.Errorf(api.CodeInvalid, "%s is required", field)
+	}
+	if len(s) > max {
+		return api.Errorf(api.CodeInvalid, "%s is %d bytes, at most %d", field, len(s), max)
+	}
+	for _, r := range s {
+		if r < 0x20 && r != '\t' || r == 0x7f {
+			return api.Errorf(api.CodeInvalid, "%s holds a control character", field)
+		}
+	}
+	return nil
+}
+
+func (s *Server) isolate(ctx context.Context, op operator, a api.IsolateArgs) (any, error) {
+	if !wire.ValidHostName(a.Host) {
+		return nil, api.Errorf(api.CodeInvalid, "host name %q is not valid", a.Host)
+	}
+	if err := checkText("reason", a.Reason, wire.MaxReason, true); err != nil {
+		return nil, err
+	}
+	if err := checkText("incident", a.Incident, wire.MaxIncident, false); err != nil {
+		return nil, err
+	}
+	if len(a.Allow) > policy.MaxAllow {
+		return nil, api.Errorf(api.CodeInvalid, "%d allowlist entries, at most %d", len(a.Allow), policy.MaxAllow)
+	}
+	var allow []string
+	for _, c := range a.Allow {
+		p, err := policy.ParsePrefix(c)
+		if err != nil {
+			return nil, api.Errorf(api.CodeInvalid, "%v", err)
+		}
+		allow = append(allow, p.String())
+	}
+	return s.newOrder(ctx, op, a.Host, wire.KindIsolate, a.Reason, a.Incident, allow)
+}
+
+func (s *Server) release(ctx context.Context, op operator, a api.ReleaseArgs) (any, error) {
+	if !wire.ValidHostName(a.Host) {
+		return nil, api.Errorf(api.CodeInvalid, "host name %q is not valid", a.Host)
+	}
+	if err := checkText("reason", a.Reason, wire.MaxReason, true); err != nil {
+		return nil, err
+	}
+	if err := checkText("incident", a.Incident, wire.MaxIncident, false); err != nil {
+		return nil, err
+	}
+	return s.newOrder(ctx, op, a.Host, wire.KindRelease, a.Reason, a.Incident, nil)
+}
+
+// newOrder stores an order, the host's new state and the audit entry in one
+// transaction, then asks the host's delivery loop to send it.
+func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wire.OrderKind, reason, incident string, allow []string) (any, error) {
+	now := time.Now().UTC()
+	o := &store.Order{ID: newID("ord"), Host: host, Kind: string(kind), Reason: reason, Incident: incident, Allow: allow,
+		Operator: op.name, OperatorKey: op.fp, State: store.OrderPending, CreatedAt: now}
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		h, err := tx.Host(host)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return api.Errorf(api.CodeNotFound, "unknown host %q: no agent has enrolled under that name ('cordon hosts' lists them)", host)
+			}
+			return err
+		}
+		if err := tx.AddOrder(o); err != nil {
+			return err
+		}
+		h.LastOrder, h.StateSince, h.StateReason = o.ID, now, ""
+		detail := "reason: " + reason
+		if incident != "" {
+			detail += "; incident: " + incident
+		}
+		if kind == wire.KindIsolate {
+			h.State, h.Desired, h.IsolateOrder = store.StateIsolating, store.StateIsolated, o.ID
+			if len(allow) > 0 {
+				detail += "; allow: " + strings.Join(allow, ", ")
+			}
+		} else {
+			h.State, h.Desired, h.IsolateOrder = store.StateReleasing, store.StateReleased, ""
+		}
+		if err := tx.PutHost(h); err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: string(kind), Host: host, OrderID: o.ID, Detail: detail})
+	})
+	if err != nil {
+		return nil, storeErr(err, "")
+	}
+	online := s.online(host)
+	op.log.Info("order issued", "order_id", o.ID, "host", host, "incident", incident, "kind", kind, "host_online", online)
+	s.notify()
+	s.kick(host)
+	out := s.apiOrder(*o)
+	return out, nil
+}
+
+func (s *Server) order(ctx context.Context, id string) (api.Order, error) {
+	var o store.Order
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(id); return })
+	if err != nil {
+		return api.Order{}, storeErr(err, fmt.Sprintf("unknown order %q", id))
+	}
+	return s.apiOrder(o), nil
+}
+
+// orderWait returns the order once its version exceeds a.After, or when the
+// timeout passes.
+func (s *Server) orderWait(ctx context.Context, a api.OrderWaitArgs) (api.Order, error) {
+	timeout := time.Duration(a.TimeoutMS) * time.Millisecond
+	if timeout <= 0 || timeout > time.Minute {
+		timeout = time.Minute
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		changed := s.changedCh()
+		o, err := s.order(ctx, a.ID)
+		if err != nil || o.Version > a.After || o.Terminal() && o.SnapshotStored {
+			return o, err
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return o, nil
+		case <-ctx.Done():
+			return o, ctx.Err()
+		}
+	}
+}
+
+func (s *Server) apiOrder(o store.Order) api.Order {
+	return api.Order{ID: o.ID, Host: o.Host, Kind: o.Kind, Reason: o.Reason, Incident: o.Incident, Allow: o.Allow,
+		Operator: o.Operator, State: o.State, Error: o.Error, CreatedAt: o.CreatedAt, DeliveredAt: o.DeliveredAt,
+		DoneAt: o.DoneAt, Digest: o.Digest, HostOnline: s.online(o.Host), SnapshotID: o.SnapshotID,
+		SnapshotSHA256: o.SnapshotSHA256, SnapshotStored: o.SnapshotStored, SnapshotNS: o.SnapshotNS, ApplyNS: o.ApplyNS,
+		VerifyNS: o.VerifyNS, FlowsCut: o.FlowsCut, Version: o.Version}
+}
+
+func apiSnapshot(s store.Snapshot) api.Snapshot {
+	return api.Snapshot{ID: s.ID, Host: s.Host, OrderID: s.OrderID, SHA256: s.SHA256, Size: s.Size, TakenAt: s.TakenAt,
+		ReceivedAt: s.ReceivedAt, AgentKey: s.AgentKey, FileName: s.FileName}
+}
+
+func (s *Server) hosts(ctx context.Context) ([]api.Host, error) {
+	var hosts []store.Host
+	if err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { hosts, err = tx.Hosts(); return }); err != nil {
+		return nil, err
+	}
+	out := []api.Host{}
+	for _, h := range hosts {
+		out = append(out, api.Host{Name: h.Name, Online: s.online(h.Name), State: h.State, StateReason: h.StateReason,
+			StateSince: h.StateSince, LastSeen: h.LastSeen, Addr: h.Addr, Digest: h.Digest, Fingerprint: h.Fingerprint,
+			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, EnrolledAt: h.EnrolledAt,
+			LastOrder: h.LastOrder})
+	}
+	return out, nil
+}
+
+func (s *Server) operatorAdd(ctx context.Context, op operator, a api.OperatorAddArgs) (any, error) {
+	if !wire.ValidHostName(a.Name) {
+		return nil, api.Errorf(api.CodeInvalid, "operator name %q: use letters, digits, '.', '_' or '-'", a.Name)
+	}
+	if !api.ValidRole(a.Role) {
+		return nil, api.Errorf(api.CodeInvalid, "role %q: want admin, responder, forensic or viewer", a.Role)
+	}
+	key, err := sshkey.ParseAuthorizedKey(a.PublicKey)
+	if err != nil {
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	now := time.Now().UTC()
+	o := store.Operator{Fingerprint: sshkey.Fingerprint(key), Name: a.Name, Role: a.Role, PublicKey: sshkey.AuthorizedKey(key), CreatedAt: now}
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		if _, err := tx.HostByFingerprint(o.Fingerprint); err == nil {
+			return api.Errorf(api.CodeConflict, "key %s belongs to an agent", o.Fingerprint)
+		}
+		if err := tx.AddOperator(o); err != nil {
+			if errors.Is(err, store.ErrExists) {
+				return api.Errorf(api.CodeConflict, "an operator named %s or with key %s exists", o.Name, o.Fingerprint)
+			}
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "operator-add",
+			Detail: fmt.Sprintf("operator %s (%s) with role %s", o.Name, o.Fingerprint, o.Role)})
+	})
+	if err != nil {
+		return nil, storeErr(err, "")
+	}
+	return api.Operator{Name: o.Name, Role: o.Role, Fingerprint: o.Fingerprint}, nil
+}
+
+// download streams a stored bundle after its metadata and records the
+// download in the chain of custody.
+func (s *Server) download(ctx context.Context, op operator, req api.Request, ch ssh.Channel) {
+	var a api.SnapshotArgs
+	if err := decodeArgs(req.Args, &a); err != nil {
+		writeResponse(ch, nil, err)
+		return
+	}
+	var snap store.Snapshot
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { snap, err = tx.Snapshot(a.ID); return })
+	if err != nil {
+		writeResponse(ch, nil, storeErr(err, fmt.Sprintf("unknown snapshot %q ('cordon snapshots' lists them)", a.ID)))
+		return
+	}
+	f, err := s.cfg.Evidence.Open(snap.SHA256)
+	if err != nil {
+		op.log.Error("stored evidence missing", "snapshot_id", snap.ID, "err", err)
+		writeResponse(ch, nil, api.Errorf(api.CodeInternal, "evidence file for snapshot %s cannot be read: %v", snap.ID, err))
+		return
+	}
+	defer f.Close()
+	if err := writeResponse(ch, apiSnapshot(snap), nil); err != nil {
+		return
+	}
+	n, err := io.Copy(ch, f)
+	if err != nil || n != snap.Size {
+		op.log.Warn("download interrupted", "snapshot_id", snap.ID, "sent", n, "err", err)
+		return
+	}
+	ch.CloseWrite()
+	now := time.Now().UTC()
+	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		if err := tx.AddCustody(store.Custody{SnapshotID: snap.ID, At: now, Event: "downloaded", Actor: op.name, ActorKey: op.fp,
+			SHA256: snap.SHA256, Detail: fmt.Sprintf("%d bytes sent", n)}); err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "snapshot-download", Host: snap.Host,
+			OrderID: snap.OrderID, Detail: "snapshot " + snap.ID + ", sha256 " + snap.SHA256})
+	})
+	if err != nil {
+		op.log.Error("custody entry not recorded", "snapshot_id", snap.ID, "err", err)
+	}
+	op.log.Info("snapshot downloaded", "snapshot_id", snap.ID, "host", snap.Host, "order_id", snap.OrderID)
+}

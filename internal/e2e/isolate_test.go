@@ -1,0 +1,292 @@
+package e2e
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/internal/netlab"
+)
+
+// TestIsolateEndToEnd is the main job: isolate a host with a service and an
+// established connection, check containment both ways over IPv4 and IPv6,
+// check the evidence, release, and check the host's rules are exactly as
+// before.
+func TestIsolateEndToEnd(t *testing.T) {
+	w := newWorld(t)
+	svc, svcLog := w.serve(w.host, "8080")
+	w.serve(w.outside, "9090")
+
+	// Before: everything reaches everything.
+	paths := []struct {
+		from *netlab.Host
+		addr string
+	}{
+		{w.outside, hostV4 + ":8080"}, {w.outside, "[" + hostV6 + "]:8080"},
+		{w.host, outV4 + ":9090"}, {w.host, "[" + outV6 + "]:9090"},
+	}
+	for _, p := range paths {
+		if !w.reachable(p.from, p.addr) {
+			t.Fatalf("before isolation: %s cannot reach %s", p.from.Name, p.addr)
+		}
+	}
+	held := w.hold(w.outside, hostV4+":8080")
+	if got := held.send(t, "before"); got != "echo before" {
+		t.Fatalf("held connection before isolation: %q", got)
+	}
+	// The host has a firewall of its own, which must come back exactly.
+	w.restoreRules(w.host, "iptables-restore", hostRulesV4)
+	w.restoreRules(w.host, "ip6tables-restore", hostRulesV6)
+	before := w.rules(w.host)
+	if !strings.Contains(before, "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT") {
+		t.Fatalf("host rules not loaded:\n%s", before)
+	}
+
+	w.startAgent(agentOpts{token: w.token})
+	w.waitOnline()
+
+	out := w.mustCordon("isolate", "host", hostName, "--reason", "card data seen leaving", "--incident", "INC-7",
+		"--allow", "198.19.0.0/16", "--wait", "-o", "json")
+	var ord api.Order
+	if err := json.Unmarshal([]byte(out), &ord); err != nil {
+		t.Fatalf("isolate -o json: %v\n%s", err, out)
+	}
+	if ord.State != "done" || ord.Digest == "" || ord.SnapshotID == "" || !ord.SnapshotStored {
+		t.Fatalf("isolate order not done with stored evidence: %+v", ord)
+	}
+	t.Logf("order issued -> isolation verified: %v (snapshot %v, apply %v, verify %v)",
+		ord.DoneAt.Sub(ord.CreatedAt), ord.SnapshotNS, ord.ApplyNS, ord.VerifyNS)
+
+	// Contained: nothing in or out, either family.
+	for _, p := range paths {
+		if w.reachable(p.from, p.addr) {
+			t.Errorf("after isolation: %s still reaches %s", p.from.Name, p.addr)
+		}
+	}
+	// The connection opened before isolation carries no more data.
+	if got := held.send(t, "after"); got != "timeout after" {
+		t.Errorf("held connection after isolation: %q, want timeout", got)
+	}
+	if strings.Contains(svcLog.String(), ": after") {
+		t.Errorf("service received data sent after isolation:\n%s", svcLog)
+	}
+	// The controller still sees the host, isolated.
+	h, _ := w.hostState()
+	if !h.Online || h.State != "isolated" || h.Digest != ord.Digest {
+		t.Errorf("host after isolation: %+v", h)
+	}
+
+	// Evidence: listed, downloaded, verified by cordon and by stock OpenSSH.
+	var snaps []api.Snapshot
+	if err := json.Unmarshal([]byte(w.mustCordon("snapshots", "--host", hostName, "-o", "json")), &snaps); err != nil {
+		t.Fatal(err)
+	}
+	if len(snaps) != 1 || snaps[0].ID != ord.SnapshotID || snaps[0].SHA256 != ord.SnapshotSHA256 || snaps[0].Size <= 0 || snaps[0].TakenAt.IsZero() {
+		t.Fatalf("snapshots = %+v, want the order's snapshot", snaps)
+	}
+	bundle := filepath.Join(t.TempDir(), "bundle.tar.gz")
+	w.mustCordon("snapshot", "download", ord.SnapshotID, "--out", bundle)
+	w.mustCordon("snapshot", "verify", bundle)
+	files := untar(t, bundle)
+	checkSSHKeygenVerify(t, files, w.agentKey+".pub")
+
+	// The evidence names the serving process and the pre-existing
+	// connection with its PID.
+	pid := svc.Process.Pid
+	var sawProc, sawConn bool
+	for _, rec := range jsonl(t, files["artifacts/processes.jsonl"]) {
+		if num(rec["pid"]) == pid {
+			sawProc = rec["name"] == "netprobe"
+			if !sawProc {
+				t.Errorf("service process recorded as %v", rec)
+			}
+		}
+	}
+	localPort := held.local[strings.LastIndexByte(held.local, ':')+1:]
+	for _, rec := range jsonl(t, files["artifacts/connections.jsonl"]) {
+		if rec["local_addr"] == hostV4 && num(rec["local_port"]) == 8080 && rec["remote_addr"] == outV4 &&
+			strconv.Itoa(num(rec["remote_port"])) == localPort {
+			sawConn = true
+			if num(rec["pid"]) != pid || rec["state"] != "ESTABLISHED" {
+				t.Errorf("held connection recorded as %v, want pid %d ESTABLISHED", rec, pid)
+			}
+		}
+	}
+	if !sawProc || !sawConn {
+		t.Errorf("snapshot misses the service process (%v) or its held connection (%v)", sawProc, sawConn)
+	}
+
+	// Tampering with one byte of one artifact is caught and named.
+	tampered := filepath.Join(t.TempDir(), "tampered.tar.gz")
+	flipByte(t, bundle, tampered, "artifacts/processes.jsonl")
+	_, errOut, code := w.cordon("snapshot", "verify", tampered)
+	if code == 0 || !strings.Contains(errOut, "artifacts/processes.jsonl") {
+		t.Errorf("verify of a tampered bundle: exit %d, stderr %q; want failure naming artifacts/processes.jsonl", code, errOut)
+	}
+
+	// Release: the controller still exchanges orders with the agent, and
+	// the host's rules are byte for byte what they were.
+	out = w.mustCordon("release", "host", hostName, "--reason", "contained and imaged", "--wait", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &ord); err != nil || ord.State != "done" {
+		t.Fatalf("release: %v %+v", err, ord)
+	}
+	if after := w.rules(w.host); after != before {
+		t.Errorf("rules after release differ from before isolation:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+	for _, p := range paths {
+		if !w.reachable(p.from, p.addr) {
+			t.Errorf("after release: %s cannot reach %s", p.from.Name, p.addr)
+		}
+	}
+	h, _ = w.hostState()
+	if h.State != "released" || !h.Online {
+		t.Errorf("host after release: %+v", h)
+	}
+}
+
+// untar reads a bundle into a map of path to content.
+func untar(t *testing.T, path string) map[string][]byte {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := tar.NewReader(zr)
+	out := map[string][]byte{}
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return out
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out[h.Name] = b
+	}
+}
+
+// flipByte rewrites a bundle with one byte of one file changed.
+func flipByte(t *testing.T, src, dst, name string) {
+	t.Helper()
+	f, err := os.Open(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zr, err := gzip.NewReader(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	tr := tar.NewReader(zr)
+	flipped := false
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(tr)
+		if h.Name == name && len(b) > 10 {
+			b[len(b)/2] ^= 0x01
+			flipped = true
+		}
+		tw.WriteHeader(h)
+		tw.Write(b)
+	}
+	tw.Close()
+	zw.Close()
+	if !flipped {
+		t.Fatalf("%s not found in bundle", name)
+	}
+	if err := os.WriteFile(dst, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// checkSSHKeygenVerify checks the manifest signature with stock OpenSSH.
+func checkSSHKeygenVerify(t *testing.T, files map[string][]byte, pubFile string) {
+	t.Helper()
+	pub, err := os.ReadFile(pubFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields := strings.Fields(string(pub))
+	dir := t.TempDir()
+	signers := filepath.Join(dir, "allowed_signers")
+	os.WriteFile(signers, []byte(hostName+` namespaces="cordon-evidence" `+fields[0]+" "+fields[1]+"\n"), 0o600)
+	sig := filepath.Join(dir, "manifest.json.sig")
+	os.WriteFile(sig, files["manifest.json.sig"], 0o600)
+	cmd := exec.Command("ssh-keygen", "-Y", "verify", "-f", signers, "-I", hostName, "-n", "cordon-evidence", "-s", sig)
+	cmd.Stdin = bytes.NewReader(files["manifest.json"])
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ssh-keygen -Y verify refused the manifest signature: %v\n%s", err, out)
+	}
+	t.Logf("ssh-keygen -Y verify: %s", strings.TrimSpace(string(out)))
+}
+
+func jsonl(t *testing.T, b []byte) []map[string]any {
+	t.Helper()
+	var out []map[string]any
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<20), 16<<20)
+	for sc.Scan() {
+		var m map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &m); err != nil {
+			t.Fatalf("jsonl: %v: %s", err, sc.Text())
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+func num(v any) int {
+	f, _ := v.(float64)
+	return int(f)
+}
+
+// The card-data host's own rules: an accepting default with its own chain,
+// as a hand-made firewall might have.
+const hostRulesV4 = `*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:APP-IN - [0:0]
+-A INPUT -i lo -j ACCEPT
+-A INPUT -j APP-IN
+-A APP-IN -p tcp -m tcp --dport 8080 -j ACCEPT
+-A APP-IN -p tcp -m tcp --dport 22 -s 198.18.0.0/24 -j ACCEPT
+COMMIT
+`
+
+const hostRulesV6 = `*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT
+COMMIT
+`

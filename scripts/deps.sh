@@ -1,0 +1,24 @@
+#!/bin/sh
+# Installs the Debian packages Cordon's tests and demo run on, when missing:
+# iptables and nftables (the firewalls isolated hosts use), iproute2 (network
+# namespaces), conntrack (flow tables) and openssh-client (ssh-keygen, to
+# check evidence signatures with stock OpenSSH).
+set -eu
+missing=""
+need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
+need iptables iptables
+need ip6tables iptables
+need nft nftables
+need ip iproute2
+need conntrack conntrack
+need ssh-keygen openssh-client
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+	echo "missing packages:$missing (install them as root with apt-get)" >&2
+	exit 1
+fi
+echo "installing:$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
