@@ -166,7 +166,12 @@ func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
 	nc.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	sconn, chans, reqs, err := ssh.NewServerConn(nc, s.ssh)
 	if err != nil {
-		s.log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		var auth *ssh.ServerAuthError
+		if errors.As(err, &auth) {
+			s.log.Warn("authentication refused", "remote", nc.RemoteAddr().String(), "err", err)
+		} else {
+			s.log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		}
 		return
 	}
 	nc.SetDeadline(time.Time{})
@@ -215,6 +220,7 @@ func (s *Server) authKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permiss
 	if !wire.ValidHostName(name) {
 		return nil, fmt.Errorf("unknown key %s and %q is not a valid host name to enroll", fp, name)
 	}
+	s.log.Info("unknown key; asking for an enrollment token", "key", fp, "host", name, "remote", meta.RemoteAddr().String())
 	// Unknown key: it may enroll with a token, asked for only after the
 	// client has proven it holds the key (x/crypto/ssh returns partial
 	// success after the signature check).
@@ -243,7 +249,7 @@ func (s *Server) authLog(meta ssh.ConnMetadata, method string, err error) {
 	if errors.As(err, &partial) {
 		return
 	}
-	s.log.Warn("authentication refused", "remote", meta.RemoteAddr().String(), "user", meta.User(), "method", method, "err", err)
+	s.log.Debug("authentication step refused", "remote", meta.RemoteAddr().String(), "user", meta.User(), "method", method, "err", err)
 }
 
 // HashToken returns how a token is stored: the hex SHA-256 of its text.

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/internal/netlab"
+	"github.com/cordon-ir/cordon/internal/stage"
 )
 
 // TestIsolateEndToEnd is the main job: isolate a host with a service and an
@@ -24,35 +25,34 @@ import (
 // before.
 func TestIsolateEndToEnd(t *testing.T) {
 	w := newWorld(t)
-	svc, svcLog := w.serve(w.host, "8080")
-	w.serve(w.outside, "9090")
+	svc, svcLog := w.mustServe(w.Host, "8080")
+	w.mustServe(w.Outside, "9090")
 
 	// Before: everything reaches everything.
 	paths := []struct {
 		from *netlab.Host
 		addr string
 	}{
-		{w.outside, hostV4 + ":8080"}, {w.outside, "[" + hostV6 + "]:8080"},
-		{w.host, outV4 + ":9090"}, {w.host, "[" + outV6 + "]:9090"},
+		{w.Outside, hostV4 + ":8080"}, {w.Outside, "[" + hostV6 + "]:8080"},
+		{w.Host, outV4 + ":9090"}, {w.Host, "[" + outV6 + "]:9090"},
 	}
 	for _, p := range paths {
-		if !w.reachable(p.from, p.addr) {
+		if !w.Reachable(p.from, p.addr) {
 			t.Fatalf("before isolation: %s cannot reach %s", p.from.Name, p.addr)
 		}
 	}
-	held := w.hold(w.outside, hostV4+":8080")
-	if got := held.send(t, "before"); got != "echo before" {
+	held := w.mustHold(w.Outside, hostV4+":8080")
+	if got := w.send(held, "before"); got != "echo before" {
 		t.Fatalf("held connection before isolation: %q", got)
 	}
 	// The host has a firewall of its own, which must come back exactly.
-	w.restoreRules(w.host, "iptables-restore", hostRulesV4)
-	w.restoreRules(w.host, "ip6tables-restore", hostRulesV6)
-	before := w.rules(w.host)
+	w.restoreHostRules()
+	before := w.rules(w.Host)
 	if !strings.Contains(before, "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT") {
 		t.Fatalf("host rules not loaded:\n%s", before)
 	}
 
-	w.startAgent(agentOpts{token: w.token})
+	w.startAgent(stage.AgentOptions{Token: w.Token})
 	w.waitOnline()
 
 	out := w.mustCordon("isolate", "host", hostName, "--reason", "card data seen leaving", "--incident", "INC-7",
@@ -69,19 +69,19 @@ func TestIsolateEndToEnd(t *testing.T) {
 
 	// Contained: nothing in or out, either family.
 	for _, p := range paths {
-		if w.reachable(p.from, p.addr) {
+		if w.Reachable(p.from, p.addr) {
 			t.Errorf("after isolation: %s still reaches %s", p.from.Name, p.addr)
 		}
 	}
 	// The connection opened before isolation carries no more data.
-	if got := held.send(t, "after"); got != "timeout after" {
+	if got := w.send(held, "after"); got != "timeout after" {
 		t.Errorf("held connection after isolation: %q, want timeout", got)
 	}
 	if strings.Contains(svcLog.String(), ": after") {
 		t.Errorf("service received data sent after isolation:\n%s", svcLog)
 	}
 	// The controller still sees the host, isolated.
-	h, _ := w.hostState()
+	h, _ := w.HostState()
 	if !h.Online || h.State != "isolated" || h.Digest != ord.Digest {
 		t.Errorf("host after isolation: %+v", h)
 	}
@@ -98,7 +98,7 @@ func TestIsolateEndToEnd(t *testing.T) {
 	w.mustCordon("snapshot", "download", ord.SnapshotID, "--out", bundle)
 	w.mustCordon("snapshot", "verify", bundle)
 	files := untar(t, bundle)
-	checkSSHKeygenVerify(t, files, w.agentKey+".pub")
+	checkSSHKeygenVerify(t, files, w.AgentKey+".pub")
 
 	// The evidence names the serving process and the pre-existing
 	// connection with its PID.
@@ -112,7 +112,7 @@ func TestIsolateEndToEnd(t *testing.T) {
 			}
 		}
 	}
-	localPort := held.local[strings.LastIndexByte(held.local, ':')+1:]
+	localPort := held.Local[strings.LastIndexByte(held.Local, ':')+1:]
 	for _, rec := range jsonl(t, files["artifacts/connections.jsonl"]) {
 		if rec["local_addr"] == hostV4 && num(rec["local_port"]) == 8080 && rec["remote_addr"] == outV4 &&
 			strconv.Itoa(num(rec["remote_port"])) == localPort {
@@ -129,7 +129,7 @@ func TestIsolateEndToEnd(t *testing.T) {
 	// Tampering with one byte of one artifact is caught and named.
 	tampered := filepath.Join(t.TempDir(), "tampered.tar.gz")
 	flipByte(t, bundle, tampered, "artifacts/processes.jsonl")
-	_, errOut, code := w.cordon("snapshot", "verify", tampered)
+	_, errOut, code := w.Cordon("snapshot", "verify", tampered)
 	if code == 0 || !strings.Contains(errOut, "artifacts/processes.jsonl") {
 		t.Errorf("verify of a tampered bundle: exit %d, stderr %q; want failure naming artifacts/processes.jsonl", code, errOut)
 	}
@@ -140,15 +140,15 @@ func TestIsolateEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ord); err != nil || ord.State != "done" {
 		t.Fatalf("release: %v %+v", err, ord)
 	}
-	if after := w.rules(w.host); after != before {
+	if after := w.rules(w.Host); after != before {
 		t.Errorf("rules after release differ from before isolation:\n--- before\n%s\n--- after\n%s", before, after)
 	}
 	for _, p := range paths {
-		if !w.reachable(p.from, p.addr) {
+		if !w.Reachable(p.from, p.addr) {
 			t.Errorf("after release: %s cannot reach %s", p.from.Name, p.addr)
 		}
 	}
-	h, _ = w.hostState()
+	h, _ = w.HostState()
 	if h.State != "released" || !h.Online {
 		t.Errorf("host after release: %+v", h)
 	}
@@ -268,25 +268,3 @@ func num(v any) int {
 	f, _ := v.(float64)
 	return int(f)
 }
-
-// The card-data host's own rules: an accepting default with its own chain,
-// as a hand-made firewall might have.
-const hostRulesV4 = `*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
-:APP-IN - [0:0]
--A INPUT -i lo -j ACCEPT
--A INPUT -j APP-IN
--A APP-IN -p tcp -m tcp --dport 8080 -j ACCEPT
--A APP-IN -p tcp -m tcp --dport 22 -s 198.18.0.0/24 -j ACCEPT
-COMMIT
-`
-
-const hostRulesV6 = `*filter
-:INPUT ACCEPT [0:0]
-:FORWARD DROP [0:0]
-:OUTPUT ACCEPT [0:0]
--A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT
-COMMIT
-`

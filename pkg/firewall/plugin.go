@@ -218,7 +218,14 @@ type PluginError struct {
 	Msg  string
 }
 
-func (e *PluginError) Error() string { return e.Msg }
+func (e *PluginError) Error() string {
+	if e.Kind == ErrPluginCrashed {
+		// The message is the transport's ("error reading from server:
+		// EOF"); say what it means.
+		return ErrPluginCrashed.Error() + ": " + e.Msg
+	}
+	return e.Msg
+}
 
 // Unwrap returns Kind.
 func (e *PluginError) Unwrap() error { return e.Kind }

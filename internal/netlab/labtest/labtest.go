@@ -21,12 +21,7 @@ const RequireEnv = "CORDON_REQUIRE_NETNS"
 // cannot be made here, unless RequireEnv is set, in which case it fails.
 func New(t testing.TB) *netlab.Lab {
 	t.Helper()
-	if err := netlab.Available(); err != nil {
-		if os.Getenv(RequireEnv) != "" {
-			t.Fatalf("namespace test cannot run: %v (%s is set)", err, RequireEnv)
-		}
-		t.Skipf("skipping namespace test: %v (run as root, as CI does)", err)
-	}
+	Require(t)
 	l, err := netlab.New()
 	if err != nil {
 		t.Fatalf("netlab: %v", err)
@@ -37,6 +32,18 @@ func New(t testing.TB) *netlab.Lab {
 		}
 	})
 	return l
+}
+
+// Require skips t when namespaces cannot be made here, unless RequireEnv
+// is set, in which case it fails t.
+func Require(t testing.TB) {
+	t.Helper()
+	if err := netlab.Available(); err != nil {
+		if os.Getenv(RequireEnv) != "" {
+			t.Fatalf("namespace test cannot run: %v (%s is set)", err, RequireEnv)
+		}
+		t.Skipf("skipping namespace test: %v (run as root, as CI does)", err)
+	}
 }
 
 // AddHost adds a host to l or fails t.
