@@ -53,7 +53,7 @@ func defaults() Config {
 		rt = "/run/cordon"
 	}
 	return Config{
-		Key:        "/etc/cordon/agent_ed25519",
+		Key:        "/var/lib/cordon-agent/agent_ed25519",
 		Name:       name,
 		Plugin:     "iptables",
 		RuntimeDir: rt,
