@@ -56,9 +56,10 @@ type Config struct {
 	Allow []netip.Prefix
 	// Logger receives the agent's logs; nil means slog.Default().
 	Logger *slog.Logger
-	// KeepaliveInterval is how often the agent checks the controller
-	// answers; a controller silent for two intervals is dropped and dialed
-	// again. 0 means 10 s, so a dead controller is noticed within 30 s.
+	// KeepaliveInterval is how often the agent checks that the controller
+	// answers; a keepalive unanswered for one more interval drops the
+	// connection, which is then dialed again. 0 means 10 s, so a dead or
+	// half-dead controller is noticed within 20 s.
 	KeepaliveInterval time.Duration
 	// DialTimeout bounds connecting, the SSH handshake and the hello.
 	// 0 means 10 s.
@@ -262,7 +263,7 @@ func (a *Agent) globalRequests(reqs <-chan *ssh.Request) {
 }
 
 // keepalive drops the connection when the controller stops answering, so a
-// half-dead controller is noticed within three intervals.
+// half-dead controller is noticed within two intervals.
 func (a *Agent) keepalive(conn ssh.Conn, done <-chan struct{}) {
 	t := time.NewTicker(a.cfg.KeepaliveInterval)
 	defer t.Stop()
@@ -282,7 +283,7 @@ func (a *Agent) keepalive(conn ssh.Conn, done <-chan struct{}) {
 			if err == nil {
 				continue
 			}
-		case <-time.After(2 * a.cfg.KeepaliveInterval):
+		case <-time.After(a.cfg.KeepaliveInterval):
 		case <-done:
 			return
 		}

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -28,18 +29,19 @@ import (
 // YAML file (keys as below). Flags given on the command line override the
 // file.
 type Config struct {
-	Controller            string   `yaml:"controller"`
-	ControllerFingerprint string   `yaml:"controller_fingerprint"`
-	EnrollToken           string   `yaml:"enroll_token"`
-	Key                   string   `yaml:"key"`
-	Name                  string   `yaml:"name"`
-	Plugin                string   `yaml:"plugin"`
-	PluginDir             string   `yaml:"plugin_dir"`
-	PluginSHA256          string   `yaml:"plugin_sha256"`
-	RuntimeDir            string   `yaml:"runtime_dir"`
-	Allow                 []string `yaml:"allow"`
-	LogFormat             string   `yaml:"log_format"`
-	LogLevel              string   `yaml:"log_level"`
+	Controller            string        `yaml:"controller"`
+	ControllerFingerprint string        `yaml:"controller_fingerprint"`
+	EnrollToken           string        `yaml:"enroll_token"`
+	Key                   string        `yaml:"key"`
+	Name                  string        `yaml:"name"`
+	Plugin                string        `yaml:"plugin"`
+	PluginDir             string        `yaml:"plugin_dir"`
+	PluginSHA256          string        `yaml:"plugin_sha256"`
+	RuntimeDir            string        `yaml:"runtime_dir"`
+	Allow                 []string      `yaml:"allow"`
+	Keepalive             time.Duration `yaml:"keepalive"`
+	LogFormat             string        `yaml:"log_format"`
+	LogLevel              string        `yaml:"log_level"`
 }
 
 // DefaultPluginDir is where packages install plugins.
@@ -57,6 +59,7 @@ func defaults() Config {
 		Name:       name,
 		Plugin:     "iptables",
 		RuntimeDir: rt,
+		Keepalive:  10 * time.Second,
 		LogFormat:  "text",
 		LogLevel:   "info",
 	}
@@ -122,6 +125,7 @@ the command line override the file.`,
 	f.StringVar(&cfg.PluginSHA256, "plugin-sha256", "", "pin the plugin executable's SHA-256 (`hex`)")
 	f.StringVar(&cfg.RuntimeDir, "runtime-dir", cfg.RuntimeDir, "tmpfs `directory` for the plugin's socket (never the disk)")
 	f.StringArrayVar(&cfg.Allow, "allow", nil, "`CIDR` kept reachable during every isolation (repeatable)")
+	f.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "how often to check the controller answers; one unanswered interval drops and redials the connection")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	cmd.AddCommand(&cobra.Command{
@@ -150,6 +154,7 @@ func applyFlags(fs *pflag.FlagSet, fileCfg, flagCfg *Config) {
 		"plugin-sha256":          func() { fileCfg.PluginSHA256 = flagCfg.PluginSHA256 },
 		"runtime-dir":            func() { fileCfg.RuntimeDir = flagCfg.RuntimeDir },
 		"allow":                  func() { fileCfg.Allow = flagCfg.Allow },
+		"keepalive":              func() { fileCfg.Keepalive = flagCfg.Keepalive },
 		"log-format":             func() { fileCfg.LogFormat = flagCfg.LogFormat },
 		"log-level":              func() { fileCfg.LogLevel = flagCfg.LogLevel },
 	}
@@ -195,6 +200,9 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
+	if cfg.Keepalive < 100*time.Millisecond || cfg.Keepalive > 5*time.Minute {
+		return fmt.Errorf("--keepalive %v: want 100ms to 5m", cfg.Keepalive)
+	}
 	if cfg.Controller == "" {
 		return errors.New("--controller is required (host:port of the controller)")
 	}
@@ -233,8 +241,9 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 			SocketDir: cfg.RuntimeDir,
 			Stderr:    errw,
 		},
-		Allow:  allow,
-		Logger: log,
+		Allow:             allow,
+		Logger:            log,
+		KeepaliveInterval: cfg.Keepalive,
 	})
 	if err != nil {
 		return err

@@ -144,7 +144,7 @@ func (s *Server) keepalive(a *agentConn) {
 			return
 		case <-t.C:
 		}
-		if err := sendKeepalive(a.conn, 2*s.cfg.KeepaliveInterval); err != nil {
+		if err := sendKeepalive(a.conn, s.cfg.KeepaliveInterval); err != nil {
 			a.log.Warn("agent stopped answering; closing its connection", "err", err)
 			a.conn.Close()
 			return

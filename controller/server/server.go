@@ -50,8 +50,8 @@ type Config struct {
 	Advertise []policy.Endpoint
 	Logger    *slog.Logger
 	// KeepaliveInterval is how often the server checks that an agent
-	// answers; an agent silent for two intervals is disconnected. 0 means
-	// 10 s.
+	// answers; a keepalive unanswered for one more interval disconnects
+	// it. 0 means 10 s.
 	KeepaliveInterval time.Duration
 	// HandshakeTimeout bounds the SSH handshake and the agent's hello.
 	// 0 means 10 s.

@@ -384,3 +384,13 @@ COMMIT
 COMMIT
 `
 )
+
+// ControllerPID is the controller process's PID.
+func (s *Stage) ControllerPID() int { return s.ctlCmd.Process.Pid }
+
+// StopController stops the controller (SIGTERM, then SIGKILL after 10 s).
+func (s *Stage) StopController() {
+	if s.ctlCmd != nil && s.ctlCmd.ProcessState == nil {
+		netlab.Stop(s.ctlCmd, 10*time.Second)
+	}
+}

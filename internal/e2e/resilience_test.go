@@ -1,0 +1,149 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/internal/stage"
+)
+
+// slowIptables puts an iptables in front of the real one whose first call
+// to create a chain waits for delay, so an isolation is still under way
+// when the test acts on the controller.
+func slowIptables(t *testing.T, delay string) []string {
+	t.Helper()
+	dir := t.TempDir()
+	real, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := filepath.Join(dir, "slowed")
+	script := "#!/bin/sh\ncase \" $* \" in *\" -N \"*) if [ ! -e " + marker + " ]; then : > " + marker + "; sleep " + delay +
+		"; fi;; esac\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"PATH=" + dir + ":" + os.Getenv("PATH")}
+}
+
+func (w *world) orderState(id string) api.Order {
+	w.t.Helper()
+	var orders []api.Order
+	if err := json.Unmarshal([]byte(w.mustCordon("orders", "-o", "json")), &orders); err != nil {
+		w.t.Fatal(err)
+	}
+	for _, o := range orders {
+		if o.ID == id {
+			return o
+		}
+	}
+	w.t.Fatalf("order %s not listed", id)
+	return api.Order{}
+}
+
+// TestHalfDeadController: the controller freezes (SIGSTOP: its TCP
+// connections stay open, nothing answers) while the agent carries out an
+// isolation. The isolation completes anyway; the agent notices the dead
+// controller within two keepalive intervals and reconnects; once the
+// controller is back, the agent's reports arrive and the order is done.
+func TestHalfDeadController(t *testing.T) {
+	w := newWorld(t)
+	w.startAgent(stage.AgentOptions{Token: w.Token, Env: slowIptables(t, "3"), Args: []string{"--keepalive", "1s"}})
+	w.waitOnline()
+
+	var ord api.Order
+	if err := json.Unmarshal([]byte(w.mustCordon("isolate", "host", hostName, "--reason", "half-dead test", "-o", "json")), &ord); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually(10*time.Second, "order delivered", func() bool { return w.orderState(ord.ID).State != "pending" })
+	ctl := w.ControllerPID()
+	if err := syscall.Kill(ctl, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	resumed := false
+	resume := func() {
+		if !resumed {
+			syscall.Kill(ctl, syscall.SIGCONT)
+			resumed = true
+		}
+	}
+	t.Cleanup(resume)
+
+	w.eventually(20*time.Second, "isolation applied while the controller is frozen", func() bool {
+		return strings.Contains(w.rules(w.Host), "-j CORDON-")
+	})
+	w.eventually(10*time.Second, "agent notices the frozen controller", func() bool {
+		return strings.Contains(w.AgentLog.String(), "controller stopped answering keepalives")
+	})
+	t.Logf("frozen controller noticed %v after the freeze (keepalive 1s)", time.Since(frozen).Round(time.Millisecond))
+	w.eventually(10*time.Second, "isolation verified while the controller is frozen", func() bool {
+		return strings.Contains(w.AgentLog.String(), "host isolated and verified")
+	})
+	resume()
+	w.eventually(30*time.Second, "order done after the controller is back", func() bool {
+		o := w.orderState(ord.ID)
+		return o.State == "done" && o.SnapshotStored
+	})
+	h, _ := w.HostState()
+	if h.State != "isolated" || !h.Online {
+		t.Errorf("host after the controller came back: %+v", h)
+	}
+}
+
+// TestControllerDiskFull: the controller's evidence store is full when the
+// bundle arrives. The upload fails with a clear error, the agent keeps the
+// bundle in memory and sends it again, and once there is room it is stored:
+// nothing is lost, and containment was never held up.
+func TestControllerDiskFull(t *testing.T) {
+	w := newWorld(t)
+	ev := filepath.Join(w.DataDir, "evidence")
+	// A 4 KiB tmpfs over the evidence directory: too small for a bundle.
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4k,mode=0700", "cordon-test-full", ev).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", ev).Run() })
+	for _, d := range []string{"sha256", "tmp"} {
+		os.MkdirAll(filepath.Join(ev, d), 0o700)
+	}
+	// Restart the controller so its mount namespace (ip netns exec makes
+	// one) has the small file system.
+	w.StopController()
+	if err := w.StartController(); err != nil {
+		t.Fatal(err)
+	}
+	w.startAgent(stage.AgentOptions{Token: w.Token})
+	w.waitOnline()
+	var ord api.Order
+	if err := json.Unmarshal([]byte(w.mustCordon("isolate", "host", hostName, "--reason", "disk full test", "-o", "json")), &ord); err != nil {
+		t.Fatal(err)
+	}
+	w.eventually(20*time.Second, "host isolated despite the full disk", func() bool {
+		o := w.orderState(ord.ID)
+		return o.State == "done"
+	})
+	w.eventually(10*time.Second, "the full disk is reported", func() bool {
+		return strings.Contains(w.CtlLog.String(), "no space left on device") &&
+			strings.Contains(w.AgentLog.String(), "will retry")
+	})
+	if o := w.orderState(ord.ID); o.SnapshotStored {
+		t.Fatalf("evidence stored on a full disk? %+v", o)
+	}
+	// Make room where the controller sees its evidence directory.
+	grow := w.Ctl.Command("mount", "-o", "remount,size=8m", ev)
+	if out, err := grow.CombinedOutput(); err != nil {
+		t.Fatalf("grow tmpfs: %v %s", err, out)
+	}
+	w.eventually(45*time.Second, "evidence stored once there is room", func() bool { return w.orderState(ord.ID).SnapshotStored })
+	// What was stored is the bundle the agent signed.
+	bundle := filepath.Join(t.TempDir(), "b.tar.gz")
+	w.mustCordon("snapshot", "download", w.orderState(ord.ID).SnapshotID, "--out", bundle)
+	w.mustCordon("snapshot", "verify", bundle)
+}
