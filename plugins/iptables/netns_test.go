@@ -1,0 +1,884 @@
+package main
+
+// Tests against real iptables, ip6tables, conntrack and kernel, each inside
+// network namespaces the test makes (labtest): the part that touches the
+// firewall runs in a copy of this test binary started in the host's
+// namespace (labtest.RunChild).
+
+import (
+	"bufio"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cordon-ir/cordon/internal/netlab"
+	"github.com/cordon-ir/cordon/internal/netlab/labtest"
+	"github.com/cordon-ir/cordon/pkg/firewall"
+	"github.com/cordon-ir/cordon/pkg/policy"
+)
+
+// pristineAfterRelease is what iptables-save shows once iptables has been
+// used in a namespace that had no tables: the filter table stays, empty,
+// with ACCEPT policies. No iptables command removes a table; this is the one
+// way the dump differs from before, and it filters nothing.
+const pristineAfterRelease = "== iptables-save\n*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\nCOMMIT\n" +
+	"== ip6tables-save\n*filter\n:INPUT ACCEPT\n:FORWARD ACCEPT\n:OUTPUT ACCEPT\nCOMMIT\n"
+
+const emptyFilter = "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+
+var setups = []struct {
+	name       string
+	v4, v6     string // rules loaded before the test
+	afterwards string // the dump expected after release; "" means as before
+}{
+	{name: "pristine", afterwards: pristineAfterRelease},
+	{name: "empty", v4: emptyFilter, v6: emptyFilter},
+	{name: "user-rules", v4: userRules4, v6: userRules6},
+}
+
+func loadSetup(t *testing.T, name string) (before, afterwards string) {
+	t.Helper()
+	for _, s := range setups {
+		if s.name != name {
+			continue
+		}
+		if s.v4 != "" {
+			restore(t, "iptables-restore", s.v4)
+		}
+		if s.v6 != "" {
+			restore(t, "ip6tables-restore", s.v6)
+		}
+		before = saveRules(t)
+		afterwards = s.afterwards
+		if afterwards == "" {
+			afterwards = before
+		}
+		return before, afterwards
+	}
+	t.Fatalf("no setup %q", name)
+	return "", ""
+}
+
+// TestIsolateNamespace isolates a host for real, over each starting ruleset:
+// traffic is cut except as the policy allows, in both directions and both
+// families; Status agrees; the same policy again is a no-op; a new policy
+// swaps generations; release brings back the ruleset as it was and the
+// traffic with it.
+func TestIsolateNamespace(t *testing.T) {
+	for _, s := range setups {
+		t.Run(s.name, func(t *testing.T) {
+			if labtest.IsChild(t) {
+				isolateInNamespace(t, s.name)
+				return
+			}
+			host, env := newLab(t)
+			labtest.RunChild(t, host, env...)
+		})
+	}
+}
+
+func isolateInNamespace(t *testing.T, setup string) {
+	hosts := childLab(t)
+	before, afterwards := loadSetup(t, setup)
+	checkReach(t, hosts, "before isolation", openProbes())
+	p := nsPlugin(t)
+
+	start := time.Now()
+	a, err := p.Isolate(bg, labPolicy(), "order-1")
+	tookFirst := time.Since(start)
+	if err != nil {
+		t.Fatalf("Isolate: %v", err)
+	}
+	if !strings.HasPrefix(a.Digest, "sha256:") || len(a.Digest) != len("sha256:")+64 {
+		t.Errorf("digest %q", a.Digest)
+	}
+	if got, want := setOf(a.Rules), listCordon(t); !equalSets(got, want) {
+		t.Errorf("Applied.Rules %q\ndiffer from iptables -S: %v", a.Rules, want)
+	}
+	genA := genOfRules(t, a.Rules)
+	st, err := p.Status(bg)
+	if err != nil || !st.Isolated || st.Digest != a.Digest || st.Partial != "" || !slices.Equal(st.Rules, a.Rules) {
+		t.Errorf("Status after Isolate = %+v, %v; want isolated with digest %s", st, err, a.Digest)
+	}
+	// Forget the neighbours, so that reaching the controller over IPv6 needs
+	// neighbour discovery through the isolation rules.
+	flushNeighbours(t, hosts)
+	checkReach(t, hosts, "isolated", isolatedProbes())
+
+	isolatedDump := saveRules(t)
+	start = time.Now()
+	again, err := p.Isolate(bg, labPolicy(), "order-2")
+	tookNoop := time.Since(start)
+	if err != nil || again.Digest != a.Digest {
+		t.Errorf("Isolate with the same policy = %s, %v; want %s", again.Digest, err, a.Digest)
+	}
+	if d := saveRules(t); d != isolatedDump {
+		t.Errorf("Isolate with the same policy changed the ruleset:\n%s\nwas:\n%s", d, isolatedDump)
+	}
+
+	// A changed allowlist: outside becomes reachable, allowed no longer.
+	polB := policy.Policy{
+		Controllers: labPolicy().Controllers,
+		Allow:       []netip.Prefix{netip.PrefixFrom(outsideV4, 32), netip.PrefixFrom(outsideV6, 128)},
+	}
+	start = time.Now()
+	b, err := p.Isolate(bg, polB, "order-3")
+	tookSwap := time.Since(start)
+	if err != nil {
+		t.Fatalf("Isolate with a new policy: %v", err)
+	}
+	genB := genOfRules(t, b.Rules)
+	if genB == genA || b.Digest == a.Digest {
+		t.Errorf("new policy kept generation %s / digest %s", genA, a.Digest)
+	}
+	for l := range listCordon(t) {
+		if strings.Contains(l, genA) {
+			t.Errorf("old generation left behind: %s", l)
+		}
+	}
+	if st, err := p.Status(bg); err != nil || !st.Isolated || st.Digest != b.Digest {
+		t.Errorf("Status after swap = %+v, %v", st, err)
+	}
+	checkReach(t, hosts, "isolated by the new policy", []probe{
+		{"outside", ap(hostV4, svcPort), true},
+		{"outside", ap(hostV6, svcPort), true},
+		{"host", ap(outsideV4, svcPort), true},
+		{"allowed", ap(hostV4, svcPort), false},
+		{"allowed", ap(hostV6, svcPort), false},
+		{"host", ap(allowedV6, svcPort), false},
+		{"host", ap(ctrlV4, ctrlPort), true},
+		{"host", ap(ctrlV6, ctrlPort), true},
+	})
+
+	start = time.Now()
+	n, err := p.Release(bg, "order-4")
+	tookRelease := time.Since(start)
+	if err != nil || n == 0 {
+		t.Errorf("Release = %d, %v", n, err)
+	}
+	if after := saveRules(t); after != afterwards {
+		t.Errorf("ruleset after release:\n%s\nwant:\n%s\n(before isolation:\n%s)", after, afterwards, before)
+	}
+	if st, err := p.Status(bg); err != nil || st.Isolated || st.Digest != "" || st.Partial != "" || len(st.Rules) != 0 {
+		t.Errorf("Status after Release = %+v, %v; want zero", st, err)
+	}
+	if n, err := p.Release(bg, "order-5"); err != nil || n != 0 {
+		t.Errorf("second Release = %d, %v; want 0, nil", n, err)
+	}
+	checkReach(t, hosts, "released", openProbes())
+	t.Logf("timing in namespace (%d rules): Isolate %v, same policy again %v, swap %v, Release %v",
+		len(a.Rules), tookFirst, tookNoop, tookSwap, tookRelease)
+}
+
+func flushNeighbours(t *testing.T, hosts map[string]*netlab.Host) {
+	t.Helper()
+	if out, err := exec.Command("ip", "neigh", "flush", "all").CombinedOutput(); err != nil {
+		t.Fatalf("ip neigh flush: %v: %s", err, out)
+	}
+	for _, h := range []string{"ctrl", "allowed"} {
+		if _, err := hosts[h].Output("ip", "neigh", "flush", "all"); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func setOf(ss []string) map[string]bool {
+	m := map[string]bool{}
+	for _, s := range ss {
+		m[s] = true
+	}
+	return m
+}
+
+func equalSets(a, b map[string]bool) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k := range a {
+		if !b[k] {
+			return false
+		}
+	}
+	return true
+}
+
+// TestEstablishedFlowCut opens TCP connections to the outside over IPv4 and
+// IPv6, isolates, and checks that they carry nothing more either way and
+// that their conntrack entries are gone.
+//
+// Conntrack tracks flows in a namespace only once something there needs it
+// (here the user rules' -m conntrack); without it there is no entry to cut
+// and the drop rules alone stop the flows.
+func TestEstablishedFlowCut(t *testing.T) {
+	for _, setup := range []string{"user-rules", "pristine"} {
+		t.Run(setup, func(t *testing.T) {
+			if labtest.IsChild(t) {
+				flowCutInNamespace(t, setup)
+				return
+			}
+			host, env := newLab(t)
+			labtest.RunChild(t, host, env...)
+		})
+	}
+}
+
+func flowCutInNamespace(t *testing.T, setup string) {
+	hosts := childLab(t)
+	loadSetup(t, setup)
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := hosts["outside"].Command(exe)
+	peer.Env = append(os.Environ(), helperEnv+"=peer", portsEnv+"=9000")
+	stdin, err := peer.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := peer.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.Stderr = os.Stderr
+	if err := peer.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = peer.Process.Kill()
+		_ = peer.Wait()
+	})
+	lines := make(chan string, 64)
+	br := waitReady(t, stdout, "outside")
+	go func() {
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				close(lines)
+				return
+			}
+			lines <- strings.TrimSuffix(l, "\n")
+		}
+	}()
+	// expect waits for the peer to print want; forbid checks it does not
+	// within d.
+	expect := func(want string) {
+		t.Helper()
+		deadline := time.After(5 * time.Second)
+		for {
+			select {
+			case l := <-lines:
+				if l == want {
+					return
+				}
+			case <-deadline:
+				t.Fatalf("peer never said %q", want)
+			}
+		}
+	}
+	forbid := func(bad string, d time.Duration) {
+		t.Helper()
+		deadline := time.After(d)
+		for {
+			select {
+			case l := <-lines:
+				if l == bad {
+					t.Errorf("peer still received data after isolation: %q", l)
+				}
+			case <-deadline:
+				return
+			}
+		}
+	}
+
+	conns := map[string]net.Conn{}
+	readers := map[string]*bufio.Reader{}
+	for tag, a := range map[string]netip.Addr{"4": outsideV4, "6": outsideV6} {
+		c, err := net.DialTimeout("tcp", ap(a, peerPort).String(), 3*time.Second)
+		if err != nil {
+			t.Fatalf("dial outside: %v", err)
+		}
+		defer c.Close()
+		conns[tag], readers[tag] = c, bufio.NewReader(c)
+		expect("conn " + tag)
+	}
+	for _, tag := range []string{"4", "6"} {
+		if _, err := conns[tag].Write([]byte("a1\n")); err != nil {
+			t.Fatal(err)
+		}
+		expect("got " + tag + " a1")
+		if _, err := io.WriteString(stdin, tag+" b1\n"); err != nil {
+			t.Fatal(err)
+		}
+		_ = conns[tag].SetReadDeadline(time.Now().Add(3 * time.Second))
+		if l, err := readers[tag].ReadString('\n'); err != nil || l != "b1\n" {
+			t.Fatalf("before isolation, IPv%s read %q, %v", tag, l, err)
+		}
+	}
+	// The agent's own connections to the controller must survive.
+	ctrlConns := map[string]net.Conn{}
+	for tag, a := range map[string]netip.Addr{"4": ctrlV4, "6": ctrlV6} {
+		c, err := net.DialTimeout("tcp", ap(a, ctrlPort).String(), 3*time.Second)
+		if err != nil {
+			t.Fatalf("dial controller: %v", err)
+		}
+		defer c.Close()
+		ctrlConns[tag] = c
+		echoOn(t, c, "c1", "before isolation, controller over IPv"+tag)
+	}
+	n4, n6 := conntrackCount(t, "ipv4", peerPort), conntrackCount(t, "ipv6", peerPort)
+	if setup == "user-rules" && (n4 != 1 || n6 != 1) {
+		t.Fatalf("before isolation: %d IPv4 and %d IPv6 conntrack entries, want 1 each", n4, n6)
+	}
+	t.Logf("before isolation: %d IPv4 and %d IPv6 conntrack entries", n4, n6)
+
+	p := nsPlugin(t)
+	a, err := p.Isolate(bg, labPolicy(), "order-flows")
+	if err != nil {
+		t.Fatalf("Isolate: %v", err)
+	}
+	if a.FlowsCut < uint64(n4+n6) {
+		t.Errorf("FlowsCut = %d, want at least %d", a.FlowsCut, n4+n6)
+	}
+	if n4, n6 := conntrackCount(t, "ipv4", peerPort), conntrackCount(t, "ipv6", peerPort); n4 != 0 || n6 != 0 {
+		t.Errorf("after isolation: %d IPv4 and %d IPv6 conntrack entries, want none", n4, n6)
+	}
+	for _, tag := range []string{"4", "6"} {
+		_, _ = conns[tag].Write([]byte("a2\n"))
+		_, _ = io.WriteString(stdin, tag+" b2\n")
+	}
+	forbid("got 4 a2", 2*time.Second)
+	forbid("got 6 a2", 100*time.Millisecond)
+	for _, tag := range []string{"4", "6"} {
+		_ = conns[tag].SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if l, err := readers[tag].ReadString('\n'); err == nil || l != "" {
+			t.Errorf("IPv%s connection still delivers data after isolation: %q, %v", tag, l, err)
+		} else if !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Logf("IPv%s read after isolation: %v", tag, err)
+		}
+	}
+	if n4, n6 := conntrackCount(t, "ipv4", peerPort), conntrackCount(t, "ipv6", peerPort); n4 != 0 || n6 != 0 {
+		t.Errorf("after traffic on the cut flows: %d IPv4 and %d IPv6 conntrack entries, want none", n4, n6)
+	}
+	for tag, c := range ctrlConns {
+		echoOn(t, c, "c2", "after isolation, controller over IPv"+tag)
+	}
+	if setup == "user-rules" {
+		if n4, n6 := conntrackCount(t, "ipv4", ctrlPort), conntrackCount(t, "ipv6", ctrlPort); n4 != 1 || n6 != 1 {
+			t.Errorf("controller flows: %d IPv4 and %d IPv6 conntrack entries, want 1 each (kept)", n4, n6)
+		}
+	}
+	if _, err := p.Release(bg, "order-flows"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// echoOn sends msg on c, an echo connection, and expects it back.
+func echoOn(t *testing.T, c net.Conn, msg, what string) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Write([]byte(msg + "\n")); err != nil {
+		t.Errorf("%s: write: %v", what, err)
+		return
+	}
+	buf := make([]byte, len(msg)+1)
+	if _, err := io.ReadFull(c, buf); err != nil || string(buf) != msg+"\n" {
+		t.Errorf("%s: read %q, %v", what, buf, err)
+	}
+}
+
+// TestReleaseCrashLeftovers leaves what a crashed Isolate could leave, checks
+// that Status calls it partial, and that Release brings the ruleset back to
+// what it was; then that Isolate over such leftovers ends isolated.
+func TestReleaseCrashLeftovers(t *testing.T) {
+	if labtest.IsChild(t) {
+		leftoversInNamespace(t)
+		return
+	}
+	host, env := newLab(t)
+	labtest.RunChild(t, host, env...)
+}
+
+func leftoversInNamespace(t *testing.T) {
+	requireLabNS(t)
+	before, _ := loadSetup(t, "user-rules")
+	p := nsPlugin(t)
+	b, err := p.backend(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fams := b.families()
+	effA, _ := effective(labPolicy(), fams)
+	plA := newPlan(effA, fams, generation(effA))
+	polB := labPolicy()
+	polB.Allow = polB.Allow[:1]
+	effB, _ := effective(polB, fams)
+	plB := newPlan(effB, fams, generation(effB))
+
+	build := func(t *testing.T, tb tab, pl plan) {
+		t.Helper()
+		for _, c := range pl.chains[tb.fam] {
+			if err := tb.newChain(c.name); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range c.rules {
+				if err := tb.appendRule(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	link := func(t *testing.T, tb tab, pl plan, builtin string) {
+		t.Helper()
+		for _, c := range pl.chains[tb.fam] {
+			if c.builtin == builtin {
+				if err := tb.insertRule(1, c.jump()); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	cases := []struct {
+		name    string
+		make    func(t *testing.T)
+		partial string // expected in Status.Partial
+	}{
+		{"built, not linked", func(t *testing.T) {
+			build(t, b.tabs[0], plA)
+			build(t, b.tabs[1], plA)
+		}, "IPv4 INPUT jump missing"},
+		{"linked in IPv4 INPUT only", func(t *testing.T) {
+			build(t, b.tabs[0], plA)
+			build(t, b.tabs[1], plA)
+			link(t, b.tabs[0], plA, "INPUT")
+		}, "IPv4 OUTPUT jump missing"},
+		{"IPv4 only, half linked", func(t *testing.T) {
+			build(t, b.tabs[0], plA)
+			link(t, b.tabs[0], plA, "INPUT")
+			link(t, b.tabs[0], plA, "OUTPUT")
+		}, "IPv6 rules of generation " + plA.gen + " missing"},
+		{"crashed in a swap", func(t *testing.T) {
+			if _, err := p.Isolate(bg, labPolicy(), "order-a"); err != nil {
+				t.Fatal(err)
+			}
+			build(t, b.tabs[0], plB)
+			build(t, b.tabs[1], plB)
+			for _, bi := range builtins {
+				link(t, b.tabs[0], plB, bi)
+			}
+			link(t, b.tabs[1], plB, "INPUT")
+			if err := b.tabs[0].newChain(chainName("IN", plA.gen) + "-X1"); err != nil {
+				t.Fatal(err)
+			}
+		}, "several generations present"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.make(t)
+			st, err := p.Status(bg)
+			if err != nil || st.Isolated || !strings.Contains(st.Partial, tc.partial) {
+				t.Errorf("Status = %+v, %v; want partial mentioning %q", st, err, tc.partial)
+			}
+			t.Logf("partial: %s", st.Partial)
+			n, err := p.Release(bg, "order-release")
+			if err != nil || n == 0 {
+				t.Errorf("Release = %d, %v", n, err)
+			}
+			if after := saveRules(t); after != before {
+				t.Fatalf("ruleset after release:\n%s\nwant:\n%s", after, before)
+			}
+			// The same leftovers, then Isolate: it must end isolated, with
+			// nothing stray, and release cleanly.
+			tc.make(t)
+			a, err := p.Isolate(bg, labPolicy(), "order-over-leftovers")
+			if err != nil {
+				t.Fatalf("Isolate over leftovers: %v", err)
+			}
+			if st, err := p.Status(bg); err != nil || !st.Isolated || st.Digest != a.Digest {
+				t.Errorf("Status after Isolate over leftovers = %+v, %v", st, err)
+			}
+			if _, err := p.Release(bg, "order-release"); err != nil {
+				t.Fatal(err)
+			}
+			if after := saveRules(t); after != before {
+				t.Fatalf("ruleset after release:\n%s\nwant:\n%s", after, before)
+			}
+		})
+	}
+}
+
+// TestIsolateRollback makes the n-th iptables change of an Isolate fail, for
+// n at every kind of step, and checks that the ruleset is then exactly as it
+// was: from no isolation, from an earlier generation (a swap), and from a
+// damaged generation of the same policy (a repair).
+func TestIsolateRollback(t *testing.T) {
+	if labtest.IsChild(t) {
+		rollbackInNamespace(t)
+		return
+	}
+	host, env := newLab(t)
+	labtest.RunChild(t, host, env...)
+}
+
+func rollbackInNamespace(t *testing.T) {
+	requireLabNS(t)
+	loadSetup(t, "user-rules")
+	polB := labPolicy()
+	polB.Allow = []netip.Prefix{netip.MustParsePrefix("198.18.0.64/26")}
+	cases := []struct {
+		name   string
+		pre    func(t *testing.T, p *Plugin) // state before the failing Isolate
+		target policy.Policy
+	}{
+		{"from nothing", func(*testing.T, *Plugin) {}, labPolicy()},
+		{"swap", func(t *testing.T, p *Plugin) {
+			if _, err := p.Isolate(bg, labPolicy(), "pre"); err != nil {
+				t.Fatal(err)
+			}
+		}, polB},
+		{"repair", func(t *testing.T, p *Plugin) {
+			_ = exec.Command("iptables", "-w", "-D", "INPUT", "-s", "198.18.0.3/32", "-j", "ACCEPT").Run()
+			if _, err := p.Isolate(bg, labPolicy(), "pre"); err != nil {
+				t.Fatal(err)
+			}
+			// Someone put a rule above Cordon's jump.
+			if out, err := exec.Command("iptables", "-w", "-I", "INPUT", "1", "-s", "198.18.0.3", "-j", "ACCEPT").CombinedOutput(); err != nil {
+				t.Fatalf("iptables -I: %v: %s", err, out)
+			}
+		}, labPolicy()},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			p := nsPlugin(t)
+			c := &faultCounter{}
+			withFaults(p, c)
+			tc.pre(t, p)
+			before := saveRules(t)
+			stBefore, _ := p.Status(bg)
+			// Count the changes of a successful run, then put things back.
+			c.n, c.ops = 0, nil
+			if _, err := p.Isolate(bg, tc.target, "count"); err != nil {
+				t.Fatalf("Isolate: %v", err)
+			}
+			ops := c.ops
+			if _, err := p.Release(bg, "reset"); err != nil {
+				t.Fatal(err)
+			}
+			tc.pre(t, p)
+			if got := saveRules(t); got != before {
+				t.Fatalf("could not recreate the starting state:\n%s\nwant:\n%s", got, before)
+			}
+			points := failurePoints(ops)
+			t.Logf("%d changes: %s; failing at %v", len(ops), strings.Join(ops, " "), points)
+			for _, n := range points {
+				c.n, c.failAt = 0, n
+				_, err := p.Isolate(bg, tc.target, "fail")
+				c.failAt = 0
+				if !errors.Is(err, errInjected) {
+					t.Fatalf("change %d of %d (%s) failed: Isolate returned %v", n, len(ops), ops[n-1], err)
+				}
+				if got := saveRules(t); got != before {
+					t.Fatalf("after a failure at change %d (%s) the ruleset is:\n%s\nwant:\n%s", n, ops[n-1], got, before)
+				}
+				if st, err := p.Status(bg); err != nil || st.Digest != stBefore.Digest || st.Isolated != stBefore.Isolated {
+					t.Errorf("after a failure at change %d: Status %+v, %v; was %+v", n, st, err, stBefore)
+				}
+			}
+			// And finally it works.
+			if _, err := p.Isolate(bg, tc.target, "ok"); err != nil {
+				t.Fatal(err)
+			}
+			if st, err := p.Status(bg); err != nil || !st.Isolated {
+				t.Errorf("Status = %+v, %v", st, err)
+			}
+			if _, err := p.Release(bg, "done"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+// failurePoints picks the changes to fail: the first and last of each phase
+// (build, link, unlink, delete, rename), the first of each kind of change,
+// and the middle one.
+func failurePoints(ops []string) []int {
+	phase := func(op string) string {
+		switch op {
+		case "NewChain", "Append":
+			return "build"
+		case "ClearChain", "DeleteChain":
+			return "delete"
+		}
+		return op
+	}
+	set := map[int]bool{1: true, len(ops): true, (len(ops) + 1) / 2: true}
+	seen := map[string]bool{}
+	for i, op := range ops {
+		if !seen[op] {
+			seen[op] = true
+			set[i+1] = true // first of its kind
+		}
+		if i > 0 && phase(op) != phase(ops[i-1]) {
+			set[i] = true // last of the previous phase
+			set[i+1] = true
+		}
+	}
+	var out []int
+	for n := range set {
+		out = append(out, n)
+	}
+	sort.Ints(out)
+	return out
+}
+
+// TestRuleTextMatchesIptables writes the rules of a policy with many shapes
+// of address and reads them back: what iptables -S prints must be exactly
+// what the plugin wrote, or comparing them would never succeed.
+func TestRuleTextMatchesIptables(t *testing.T) {
+	if labtest.IsChild(t) {
+		ruleTextInNamespace(t)
+		return
+	}
+	l := labtest.New(t)
+	host := labtest.AddHost(t, l, "host", "198.18.0.2/24", "fd00:c0de::2/64")
+	labtest.RunChild(t, host)
+}
+
+func ruleTextInNamespace(t *testing.T) {
+	requireLabNS(t)
+	pol := policy.Policy{
+		Controllers: []policy.Endpoint{
+			{Addr: netip.MustParseAddr("198.18.0.1"), Port: 7443},
+			{Addr: netip.MustParseAddr("198.18.255.254"), Port: 1},
+			{Addr: netip.MustParseAddr("fd00:c0de::1"), Port: 65535},
+			{Addr: netip.MustParseAddr("fd00:c0de::1:0:0:1"), Port: 22},
+			{Addr: netip.MustParseAddr("::ffff:198.19.0.9"), Port: 443},
+		},
+		Allow: []netip.Prefix{
+			netip.MustParsePrefix("198.18.0.0/15"),
+			netip.MustParsePrefix("198.19.128.0/17"),
+			netip.MustParsePrefix("198.18.7.7/32"),
+			netip.MustParsePrefix("fd00:c0de::/64"),
+			netip.MustParsePrefix("fd00:c0de::a:0:0/96"),
+			netip.MustParsePrefix("fd00:c0de::1:2:3:4/128"),
+			netip.MustParsePrefix("fd00:c0de:0:0:8000::/65"),
+		},
+	}
+	p := nsPlugin(t)
+	b, err := p.backend(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	eff, err := effective(pol, b.families())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pl := newPlan(eff, b.families(), generation(eff))
+	for _, tb := range b.tabs {
+		for _, c := range pl.chains[tb.fam] {
+			if err := tb.newChain(c.name); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range c.rules {
+				if err := tb.appendRule(r); err != nil {
+					t.Fatal(err)
+				}
+			}
+			got, err := tb.rules(c.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got, c.rules) {
+				t.Errorf("%s reads back as:\n%s\nwritten as:\n%s", c.name, strings.Join(got, "\n"), strings.Join(c.rules, "\n"))
+			}
+		}
+	}
+	if _, err := p.Release(bg, "cleanup"); err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Isolate(bg, pol, "shapes")
+	if err != nil {
+		t.Fatalf("Isolate: %v", err)
+	}
+	if got, want := setOf(a.Rules), listCordon(t); !equalSets(got, want) {
+		t.Errorf("Applied.Rules differ from iptables -S")
+	}
+	if _, err := p.Release(bg, "cleanup"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestUnavailable takes iptables and ip6tables away through PATH: no
+// iptables, or no ip6tables on a host with IPv6, is ErrUnavailable and
+// changes nothing; no ip6tables on a host without IPv6 isolates IPv4 only.
+func TestUnavailable(t *testing.T) {
+	if labtest.IsChild(t) {
+		unavailableInNamespace(t)
+		return
+	}
+	host, env := newLab(t)
+	labtest.RunChild(t, host, env...)
+}
+
+func unavailableInNamespace(t *testing.T) {
+	hosts := childLab(t)
+	ipt, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, _ := loadSetup(t, "empty")
+	path := os.Getenv("PATH")
+	empty, only4 := t.TempDir(), t.TempDir()
+	if err := os.Symlink(ipt, filepath.Join(only4, "iptables")); err != nil {
+		t.Fatal(err)
+	}
+	p := nsPlugin(t)
+
+	t.Setenv("PATH", empty)
+	if _, err := p.Info(bg); !errors.Is(err, firewall.ErrUnavailable) {
+		t.Errorf("Info without iptables: %v, want ErrUnavailable", err)
+	}
+	if _, err := p.Isolate(bg, labPolicy(), "o"); !errors.Is(err, firewall.ErrUnavailable) {
+		t.Errorf("Isolate without iptables: %v, want ErrUnavailable", err)
+	}
+	t.Setenv("PATH", only4)
+	if _, err := p.Isolate(bg, labPolicy(), "o"); !errors.Is(err, firewall.ErrUnavailable) {
+		t.Errorf("Isolate without ip6tables on a host with IPv6: %v, want ErrUnavailable", err)
+	} else {
+		t.Logf("without ip6tables: %v", err)
+	}
+	t.Setenv("PATH", path)
+	if got := saveRules(t); got != before {
+		t.Errorf("a refused Isolate changed the ruleset:\n%s\nwant:\n%s", got, before)
+	}
+
+	// No IPv6 at all in this namespace, and no ip6tables: IPv4 only.
+	for _, k := range []string{"all", "default", "lo", "eth0"} {
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+k+"/disable_ipv6", []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if data, _ := os.ReadFile(ifInet6); len(data) != 0 {
+		t.Fatalf("IPv6 still has addresses: %s", data)
+	}
+	t.Setenv("PATH", only4)
+	info, err := p.Info(bg)
+	if err != nil || slices.Contains(info.Capabilities, firewall.CapIPv6) || info.Name != Name || info.Version != Version {
+		t.Errorf("Info on an IPv4-only host = %+v, %v", info, err)
+	}
+	a, err := p.Isolate(bg, labPolicy(), "o")
+	if err != nil {
+		t.Fatalf("Isolate on an IPv4-only host: %v", err)
+	}
+	for _, r := range a.Rules {
+		if !strings.HasPrefix(r, "iptables ") {
+			t.Errorf("rule %q on an IPv4-only host", r)
+		}
+	}
+	if st, err := p.Status(bg); err != nil || !st.Isolated || st.Digest != a.Digest {
+		t.Errorf("Status = %+v, %v", st, err)
+	}
+	checkReach(t, hosts, "IPv4-only isolation", []probe{
+		{"outside", ap(hostV4, svcPort), false},
+		{"host", ap(outsideV4, svcPort), false},
+		{"host", ap(ctrlV4, ctrlPort), true},
+	})
+	if _, err := p.Release(bg, "o"); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", path)
+	if got := saveRules(t); got != before {
+		t.Errorf("ruleset after release:\n%s\nwant:\n%s", got, before)
+	}
+}
+
+// TestPluginBinary builds cordon-plugin-iptables and drives it over
+// go-plugin gRPC with firewall.Launch, inside the host's namespace.
+func TestPluginBinary(t *testing.T) {
+	if labtest.IsChild(t) {
+		binaryInNamespace(t)
+		return
+	}
+	if os.Geteuid() != 0 && os.Getenv(labtest.RequireEnv) == "" {
+		t.Skip("skipping namespace test: needs root")
+	}
+	dir := t.TempDir()
+	build := exec.Command("go", "build", "-o", filepath.Join(dir, firewall.BinaryPrefix+Name), ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	host, env := newLab(t)
+	labtest.RunChild(t, host, append(env, pluginEnv+"="+dir)...)
+}
+
+func binaryInNamespace(t *testing.T) {
+	hosts := childLab(t)
+	before := saveRules(t)
+	c, err := firewall.Launch(firewall.LaunchConfig{
+		Dir:       os.Getenv(pluginEnv),
+		Name:      Name,
+		SocketDir: t.TempDir(),
+		Stderr:    testWriter{t},
+	})
+	if err != nil {
+		t.Fatalf("Launch: %v", err)
+	}
+	defer c.Close()
+	info, err := c.Info(bg)
+	if err != nil || info.Name != Name || info.Version != Version ||
+		!slices.Contains(info.Capabilities, firewall.CapIPv6) || !slices.Contains(info.Capabilities, firewall.CapConntrack) {
+		t.Errorf("Info = %+v, %v", info, err)
+	}
+
+	bad := map[string]policy.Policy{
+		"no controller": {Allow: []netip.Prefix{allowNet}},
+		"allow all":     {Controllers: labPolicy().Controllers, Allow: []netip.Prefix{netip.MustParsePrefix("::/0")}},
+	}
+	for name, pol := range bad {
+		if _, err := c.Isolate(bg, pol, "bad"); !errors.Is(err, firewall.ErrInvalidPolicy) {
+			t.Errorf("%s: Isolate error %v, want ErrInvalidPolicy", name, err)
+		}
+	}
+	if got := saveRules(t); got != before {
+		t.Errorf("a refused policy changed the ruleset:\n%s", got)
+	}
+
+	start := time.Now()
+	a, err := c.Isolate(bg, labPolicy(), "order-grpc")
+	took := time.Since(start)
+	if err != nil {
+		t.Fatalf("Isolate over gRPC: %v", err)
+	}
+	if got, want := setOf(a.Rules), listCordon(t); !equalSets(got, want) {
+		t.Errorf("Applied.Rules differ from iptables -S")
+	}
+	st, err := c.Status(bg)
+	if err != nil || !st.Isolated || st.Digest != a.Digest {
+		t.Errorf("Status over gRPC = %+v, %v; want isolated with %s", st, err, a.Digest)
+	}
+	checkReach(t, hosts, "isolated by the plugin binary", []probe{
+		{"outside", ap(hostV4, svcPort), false},
+		{"outside", ap(hostV6, svcPort), false},
+		{"host", ap(ctrlV4, ctrlPort), true},
+		{"host", ap(ctrlV6, ctrlPort), true},
+	})
+	n, err := c.Release(bg, "order-grpc")
+	if err != nil || n == 0 {
+		t.Errorf("Release over gRPC = %d, %v", n, err)
+	}
+	if st, err := c.Status(bg); err != nil || st.Isolated || st.Digest != "" {
+		t.Errorf("Status after Release = %+v, %v", st, err)
+	}
+	if c.Exited() {
+		t.Error("plugin exited")
+	}
+	t.Logf("Isolate over gRPC took %v (%d rules, digest %s)", took, len(a.Rules), a.Digest)
+}
