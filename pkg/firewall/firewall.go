@@ -32,7 +32,9 @@ type Info struct {
 }
 
 // Applied is the result of a successful Isolate: the rules as read back from
-// the kernel (or provider) and their digest ("sha256:<hex>").
+// the kernel (or provider), in the plugin's own text form, and their digest
+// ("sha256:<hex>"). FlowsCut counts connection-tracking entries removed
+// because the policy does not allow them.
 type Applied struct {
 	Digest   string   `json:"digest"`
 	Rules    []string `json:"rules"`
@@ -41,9 +43,10 @@ type Applied struct {
 
 // Status is the live state of a plugin's rules.
 //
-// Isolated is true only when every rule of the plugin's own is in place.
-// Partial is non-empty when some are present and some are missing, and says
-// which; Isolated is then false.
+// Isolated is true only when every rule of the plugin's own is in place and
+// nothing of its own is out of place. Partial is non-empty when something is
+// missing or extra (a chain without its jump, a stray generation), and says
+// what; Isolated is then false.
 type Status struct {
 	Isolated bool     `json:"isolated"`
 	Digest   string   `json:"digest,omitempty"`
@@ -56,9 +59,10 @@ type Status struct {
 // Isolate must be atomic as seen from the network: the new rules are built
 // complete and then linked in, and on any error nothing of the attempt stays
 // applied (rules of an earlier isolation stay as they were). Calling it again
-// with the same policy is a no-op that returns the same digest. Release
-// removes the plugin's own rules and nothing else, and succeeds when there is
-// nothing to remove.
+// with the same policy is a no-op that returns the same digest; Isolate
+// also removes remnants of an earlier attempt that crashed. Release removes
+// the plugin's own rules and nothing else, succeeds when there is nothing to
+// remove, and returns how many of its own rules and chains it removed.
 type Firewall interface {
 	Info(ctx context.Context) (Info, error)
 	Isolate(ctx context.Context, p policy.Policy, orderID string) (Applied, error)

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/cordon-ir/cordon/pkg/policy"
@@ -102,7 +101,7 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 	cmd := exec.Command(path)
 	// The plugin must not outlive the host process (DESIGN.md §5: never an
 	// orphan process).
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithParent(cmd)
 	var sock *plugin.UnixSocketConfig
 	if cfg.SocketDir != "" {
 		sock = &plugin.UnixSocketConfig{TempDir: cfg.SocketDir}

@@ -78,6 +78,9 @@ func (p Policy) Validate() error {
 		if a.Addr().Zone() != "" {
 			return fmt.Errorf("policy: allowlist entry %s has a zone; zones are not supported", a)
 		}
+		if a.Bits() == 0 {
+			return fmt.Errorf("policy: allowlist entry %s allows everything: that is no isolation", a)
+		}
 	}
 	return nil
 }
@@ -128,7 +131,8 @@ func (p Policy) Digest() string {
 
 // ParsePrefix parses an allowlist entry: a CIDR ("10.0.0.0/8", "fd00::/64") or
 // a bare IP, which becomes a single-address prefix (/32 or /128). Host bits
-// set in a CIDR are an error, since they usually mean a typo.
+// set in a CIDR are an error, since they usually mean a typo, and so is a
+// prefix of length 0, which would allow everything.
 func ParsePrefix(s string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		if a.Zone() != "" {
@@ -142,6 +146,9 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	}
 	if p.Masked() != p {
 		return netip.Prefix{}, fmt.Errorf("allowlist entry %q has host bits set; did you mean %s?", s, p.Masked())
+	}
+	if p.Bits() == 0 {
+		return netip.Prefix{}, fmt.Errorf("allowlist entry %q allows everything: that is no isolation", s)
 	}
 	return p, nil
 }

@@ -1,0 +1,74 @@
+package policy
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+)
+
+func TestCanonicalAndDigest(t *testing.T) {
+	a := Policy{
+		Controllers: []Endpoint{{netip.MustParseAddr("::ffff:198.18.0.1"), 7443}, {netip.MustParseAddr("198.18.0.1"), 7443}},
+		Allow:       []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::ffff:192.0.2.0/120"), netip.MustParsePrefix("10.0.0.0/8")},
+	}
+	b := Policy{
+		Controllers: []Endpoint{{netip.MustParseAddr("198.18.0.1"), 7443}},
+		Allow:       []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("10.0.0.0/8")},
+	}
+	if a.Digest() != b.Digest() {
+		t.Errorf("equal policies digest differently:\n%+v\n%+v", a.Canonical(), b.Canonical())
+	}
+	c := b
+	c.Allow = append([]netip.Prefix(nil), b.Allow...)
+	c.Allow[0] = netip.MustParsePrefix("192.0.3.0/24")
+	if c.Digest() == b.Digest() {
+		t.Error("different policies digest equal")
+	}
+	if !strings.HasPrefix(b.Digest(), "sha256:") || len(b.Digest()) != 7+64 {
+		t.Errorf("digest %q", b.Digest())
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ctl := []Endpoint{{netip.MustParseAddr("198.18.0.1"), 7443}}
+	for name, tc := range map[string]struct {
+		p    Policy
+		want string
+	}{
+		"ok":               {Policy{Controllers: ctl}, ""},
+		"no controller":    {Policy{}, "no controller"},
+		"port 0":           {Policy{Controllers: []Endpoint{{netip.MustParseAddr("198.18.0.1"), 0}}}, "port 0"},
+		"unspecified":      {Policy{Controllers: []Endpoint{{netip.MustParseAddr("0.0.0.0"), 1}}}, "not a usable IP"},
+		"allow all v4":     {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}, "no isolation"},
+		"allow all v6":     {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("::/0")}}, "no isolation"},
+		"invalid allow":    {Policy{Controllers: ctl, Allow: []netip.Prefix{{}}}, "not a valid CIDR"},
+		"zoned controller": {Policy{Controllers: []Endpoint{{netip.MustParseAddr("fe80::1%eth0"), 1}}}, "zone"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			err := tc.p.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestParsePrefix(t *testing.T) {
+	for in, want := range map[string]string{"10.1.2.3": "10.1.2.3/32", "fd00::1": "fd00::1/128", "10.0.0.0/8": "10.0.0.0/8"} {
+		got, err := ParsePrefix(in)
+		if err != nil || got.String() != want {
+			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"10.0.0.1/8", "pay-db-01", "10.0.0.0/33", "fe80::1%eth0", "0.0.0.0/0", "::/0"} {
+		if _, err := ParsePrefix(in); err == nil {
+			t.Errorf("ParsePrefix(%q) accepted", in)
+		}
+	}
+}
