@@ -156,7 +156,10 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 // the earlier policy is not known, nothing is removed: the host stays as
 // contained as it is (fail closed).
 func (a *Agent) recover(ctx context.Context, l *slog.Logger, orderID string, cause error, prior *policy.Policy, priorKnown bool) error {
-	if !errors.Is(cause, firewall.ErrPluginCrashed) {
+	switch {
+	case errors.Is(cause, errPluginStart):
+		return fmt.Errorf("%w; no rule was changed, the host is as it was", cause)
+	case !errors.Is(cause, firewall.ErrPluginCrashed):
 		return fmt.Errorf("%w; the plugin rolled its attempt back", cause)
 	}
 	l.Error("firewall plugin crashed during isolate; restoring the earlier state", "err", cause)

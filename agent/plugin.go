@@ -12,6 +12,10 @@ import (
 	"github.com/cordon-ir/cordon/pkg/policy"
 )
 
+// errPluginStart marks an error from starting the plugin: no rule was
+// touched.
+var errPluginStart = errors.New("firewall plugin could not start")
+
 // plugin owns the firewall plugin process: it starts it on first use,
 // starts it again after a crash, and kills it when a call outlasts its
 // timeout, so a hung plugin never holds an order and never stays behind.
@@ -42,7 +46,7 @@ func (p *plugin) client() (*firewall.Client, error) {
 	}
 	c, err := firewall.Launch(p.cfg)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w: %w", errPluginStart, err)
 	}
 	p.c = c
 	return c, nil

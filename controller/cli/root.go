@@ -30,7 +30,7 @@ func (e *ExitError) Unwrap() error { return e.Err }
 
 // Exit statuses.
 const (
-	ExitError_       = 1 // anything went wrong
+	ExitFailure      = 1 // anything went wrong
 	ExitUsage        = 2 // bad flags or arguments
 	ExitOrderFailed  = 3 // --wait: the order failed
 	ExitWaitTimedOut = 4 // --wait: the order had not finished in time
@@ -97,15 +97,16 @@ CORDON_CONTROLLER_FINGERPRINT and CORDON_IDENTITY.`,
 	return root
 }
 
-// Execute runs the cordon command line with os.Args and returns the exit
-// status.
-func Execute(ctx context.Context) int {
-	root := NewRootCommand(os.Stdout, os.Stderr)
+// Run runs the cordon command line with args (without the program name),
+// writing to out and errw, and returns the exit status.
+func Run(ctx context.Context, args []string, out, errw io.Writer) int {
+	root := NewRootCommand(out, errw)
+	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(os.Stderr, "cordon: "+err.Error())
+	fmt.Fprintln(errw, "cordon: "+err.Error())
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		return ee.Code
@@ -114,7 +115,7 @@ func Execute(ctx context.Context) int {
 		strings.HasPrefix(err.Error(), "required flag") {
 		return ExitUsage
 	}
-	return ExitError_
+	return ExitFailure
 }
 
 func (g *globals) checkOutput() error {

@@ -202,7 +202,7 @@ func runSnapshotVerify(g *globals, path, keyFile string) error {
 		}
 	}
 	if verr != nil {
-		return &ExitError{Code: ExitError_, Err: fmt.Errorf("verification FAILED for %s: %w", path, verr)}
+		return &ExitError{Code: ExitFailure, Err: fmt.Errorf("verification FAILED for %s: %w", path, verr)}
 	}
 	return nil
 }

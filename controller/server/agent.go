@@ -230,6 +230,9 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 		if fw.Version != "" {
 			h.Plugin += " " + fw.Version
 		}
+		if fw.Error != "" {
+			h.Plugin += " (unusable: " + fw.Error + ")"
+		}
 		// Orders the agent had but no longer knows of (it restarted while
 		// carrying them out) go back to pending, to be sent again.
 		inFlight := false

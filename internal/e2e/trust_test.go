@@ -173,3 +173,25 @@ func countProcs(t *testing.T, h *netlab.Host, prefix string) int {
 	}
 	return n
 }
+
+// TestPluginMissing: an agent whose firewall plugin is not installed still
+// connects; cordon hosts says the plugin is unusable, and an isolate order
+// fails plainly without touching the rules.
+func TestPluginMissing(t *testing.T) {
+	w := newWorld(t)
+	w.restoreHostRules()
+	before := w.rules(w.Host)
+	w.startAgent(stage.AgentOptions{Token: w.Token, Args: []string{"--plugin", "nosuch"}})
+	w.waitOnline()
+	h, _ := w.HostState()
+	if !strings.Contains(h.Plugin, "unusable") || !strings.Contains(h.Plugin, "cordon-plugin-nosuch does not exist") {
+		t.Errorf("cordon hosts does not show the missing plugin: %q", h.Plugin)
+	}
+	out, errOut, code := w.Cordon("isolate", "host", hostName, "--reason", "plugin missing", "--wait")
+	if code != 3 || !strings.Contains(errOut, "firewall plugin not found") || !strings.Contains(errOut, "no rule was changed") {
+		t.Errorf("isolate without a plugin: exit %d\n%s\n%s", code, out, errOut)
+	}
+	if after := w.rules(w.Host); after != before {
+		t.Errorf("rules changed:\n%s\n---\n%s", before, after)
+	}
+}
