@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +16,7 @@ import (
 	"github.com/cordon-ir/cordon/controller/evidencestore"
 	"github.com/cordon-ir/cordon/controller/server"
 	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/logging"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
@@ -158,26 +158,10 @@ func newControllerServeCmd(g *globals) *cobra.Command {
 	return cmd
 }
 
-// newLogger returns a slog logger writing to w in the given format.
-func newLogger(w *os.File, format, level string) (*slog.Logger, error) {
-	var lv slog.Level
-	if err := lv.UnmarshalText([]byte(level)); err != nil {
-		return nil, usageErr("--log-level %q: want debug, info, warn or error", level)
-	}
-	opts := &slog.HandlerOptions{Level: lv}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(w, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(w, opts)), nil
-	}
-	return nil, usageErr("--log-format %q: want text or json", format)
-}
-
 func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error {
-	log, err := newLogger(os.Stderr, o.logFormat, o.logLevel)
+	log, err := logging.New(os.Stderr, o.logFormat, o.logLevel)
 	if err != nil {
-		return err
+		return usageErr("%v", err)
 	}
 	var adv []policy.Endpoint
 	for _, a := range o.advertise {

@@ -30,13 +30,8 @@ func newEnrollCmd(g *globals) *cobra.Command {
 }
 
 func runEnrollCreate(ctx context.Context, g *globals, ttl time.Duration) error {
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	var tok api.EnrollToken
-	if err := c.Call(ctx, api.OpEnrollCreate, api.EnrollArgs{TTLSeconds: int64(ttl / time.Second)}, &tok); err != nil {
+	if err := g.call(ctx, api.OpEnrollCreate, api.EnrollArgs{TTLSeconds: int64(ttl / time.Second)}, &tok); err != nil {
 		return err
 	}
 	if g.json() {

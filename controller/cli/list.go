@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -23,21 +22,15 @@ func newHostsCmd(g *globals) *cobra.Command {
 }
 
 func runHosts(ctx context.Context, g *globals) error {
-	c, err := g.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	var hosts []api.Host
-	if err := c.Call(ctx, api.OpHosts, api.HostsArgs{}, &hosts); err != nil {
+	if err := g.call(ctx, api.OpHosts, api.HostsArgs{}, &hosts); err != nil {
 		return err
 	}
 	if g.json() {
 		return g.printJSON(hosts)
 	}
 	now := time.Now()
-	tw := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tPLUGIN\tADDRESS")
+	tw := g.table("NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tPLUGIN\tADDRESS")
 	for _, h := range hosts {
 		conn := "offline"
 		if h.Online {
@@ -67,20 +60,14 @@ func newOrdersCmd(g *globals) *cobra.Command {
 		Short: "List orders, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var orders []api.Order
-			if err := c.Call(cmd.Context(), api.OpOrders, api.OrdersArgs{Host: host, Limit: limit}, &orders); err != nil {
+			if err := g.call(cmd.Context(), api.OpOrders, api.OrdersArgs{Host: host, Limit: limit}, &orders); err != nil {
 				return err
 			}
 			if g.json() {
 				return g.printJSON(orders)
 			}
-			tw := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ORDER\tHOST\tKIND\tSTATE\tISSUED\tTOOK\tBY\tREASON")
+			tw := g.table("ORDER\tHOST\tKIND\tSTATE\tISSUED\tTOOK\tBY\tREASON")
 			now := time.Now()
 			for _, o := range orders {
 				took := "-"
@@ -109,20 +96,14 @@ func newAuditCmd(g *globals) *cobra.Command {
 		Short: "Show the audit log, newest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var entries []api.AuditEntry
-			if err := c.Call(cmd.Context(), api.OpAudit, api.AuditArgs{Host: host, Limit: limit}, &entries); err != nil {
+			if err := g.call(cmd.Context(), api.OpAudit, api.AuditArgs{Host: host, Limit: limit}, &entries); err != nil {
 				return err
 			}
 			if g.json() {
 				return g.printJSON(entries)
 			}
-			tw := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "TIME (UTC)\tACTOR\tACTION\tHOST\tORDER\tDETAIL")
+			tw := g.table("TIME (UTC)\tACTOR\tACTION\tHOST\tORDER\tDETAIL")
 			for _, e := range entries {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.At.Format("2006-01-02 15:04:05.000"), e.Actor, e.Action, dash(e.Host), dash(e.OrderID), e.Detail)
 			}
@@ -131,48 +112,5 @@ func newAuditCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&host, "host", "", "only entries about this host")
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many entries")
-	return cmd
-}
-
-func newOperatorCmd(g *globals) *cobra.Command {
-	cmd := &cobra.Command{
-		Use:   "operator",
-		Short: "Manage operator keys",
-	}
-	var role, keyFile string
-	add := &cobra.Command{
-		Use:   "add NAME --role ROLE --key PUBKEY_FILE",
-		Short: "Register an operator's SSH public key with a role: responder, forensic, viewer or admin (role admin)",
-		Args:  exactArgs(1, "an operator name"),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			return runOperatorAdd(cmd.Context(), g, args[0], role, keyFile)
-		},
-	}
-	add.Flags().StringVar(&role, "role", "", "responder (isolate, release), forensic (evidence), viewer, or admin")
-	add.Flags().StringVar(&keyFile, "key", "", "the operator's public key `file` (authorized_keys format, e.g. id_ed25519.pub)")
-	add.MarkFlagRequired("role")
-	add.MarkFlagRequired("key")
-	whoami := &cobra.Command{
-		Use:   "whoami",
-		Short: "Show which operator and role your key is",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
-			var op api.Operator
-			if err := c.Call(cmd.Context(), api.OpWhoami, api.NoArgs{}, &op); err != nil {
-				return err
-			}
-			if g.json() {
-				return g.printJSON(op)
-			}
-			_, err = fmt.Fprintf(g.io.Out, "%s (role %s, key %s)\n", op.Name, op.Role, op.Fingerprint)
-			return err
-		},
-	}
-	cmd.AddCommand(add, whoami)
 	return cmd
 }

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -137,6 +138,23 @@ func (g *globals) dial(ctx context.Context) (*client.Client, error) {
 		return nil, err
 	}
 	return client.Dial(ctx, client.Config{Addr: g.controller, Fingerprint: g.fingerprint, IdentityFile: g.identity})
+}
+
+// call makes one API call on a connection of its own.
+func (g *globals) call(ctx context.Context, op string, args, result any) error {
+	c, err := g.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return c.Call(ctx, op, args, result)
+}
+
+// table returns a writer for aligned text columns; the caller flushes it.
+func (g *globals) table(header string) *tabwriter.Writer {
+	tw := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, header)
+	return tw
 }
 
 func (g *globals) printJSON(v any) error {

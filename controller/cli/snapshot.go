@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -24,20 +23,14 @@ func newSnapshotsCmd(g *globals) *cobra.Command {
 		Short: "List stored evidence snapshots, newest first (role forensic)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := g.dial(cmd.Context())
-			if err != nil {
-				return err
-			}
-			defer c.Close()
 			var snaps []api.Snapshot
-			if err := c.Call(cmd.Context(), api.OpSnapshots, api.SnapshotsArgs{Host: host}, &snaps); err != nil {
+			if err := g.call(cmd.Context(), api.OpSnapshots, api.SnapshotsArgs{Host: host}, &snaps); err != nil {
 				return err
 			}
 			if g.json() {
 				return g.printJSON(snaps)
 			}
-			tw := tabwriter.NewWriter(g.io.Out, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "SNAPSHOT\tHOST\tTAKEN (UTC)\tSIZE\tORDER\tSHA256")
+			tw := g.table("SNAPSHOT\tHOST\tTAKEN (UTC)\tSIZE\tORDER\tSHA256")
 			for _, s := range snaps {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Host, s.TakenAt.Format("2006-01-02 15:04:05"), humanBytes(s.Size), dash(s.OrderID), s.SHA256)
 			}
