@@ -147,3 +147,65 @@ func TestControllerDiskFull(t *testing.T) {
 	w.mustCordon("snapshot", "download", w.orderState(ord.ID).SnapshotID, "--out", bundle)
 	w.mustCordon("snapshot", "verify", bundle)
 }
+
+// TestIsolationSurvivesRestartAndReboot (DESIGN.md §3.7): the rules stay in
+// the kernel while the agent is down and the agent finds them when it
+// starts; after a "reboot" (the agent down and the ruleset back to the
+// host's own), the controller pushes the isolation again as soon as the
+// agent reconnects.
+func TestIsolationSurvivesRestartAndReboot(t *testing.T) {
+	w := newWorld(t)
+	w.restoreHostRules()
+	w.mustServe(w.Host, "8080")
+	w.startAgent(stage.AgentOptions{Token: w.Token})
+	w.waitOnline()
+	if !w.Reachable(w.Outside, hostV4+":8080") {
+		t.Fatal("service not reachable before isolation")
+	}
+	w.mustCordon("isolate", "host", hostName, "--reason", "restart test", "--allow", "198.19.7.0/24", "--wait")
+	isolated := w.rules(w.Host)
+
+	w.StopAgent()
+	if got := w.rules(w.Host); got != isolated {
+		t.Fatalf("rules changed when the agent stopped:\n%s", got)
+	}
+	if w.Reachable(w.Outside, hostV4+":8080") {
+		t.Fatal("host reachable while the agent is down")
+	}
+	w.startAgent(stage.AgentOptions{})
+	w.waitOnline()
+	w.eventually(10*time.Second, "agent reports the rules it found", func() bool {
+		return strings.Contains(w.AgentLog.String(), "Cordon's rules are in place from before this start")
+	})
+	h, _ := w.HostState()
+	if h.State != "isolated" {
+		t.Errorf("after an agent restart the host is %q, want isolated", h.State)
+	}
+
+	// Reboot: the kernel forgets Cordon's rules; the host boots with its own.
+	w.StopAgent()
+	w.restoreHostRules()
+	if strings.Contains(w.rules(w.Host), "CORDON-") {
+		t.Fatal("rules not reset")
+	}
+	w.startAgent(stage.AgentOptions{})
+	w.eventually(30*time.Second, "isolation pushed again after the reboot", func() bool {
+		return strings.Contains(w.rules(w.Host), "-j CORDON-")
+	})
+	w.eventually(10*time.Second, "host isolated again", func() bool {
+		h, _ := w.HostState()
+		return h.State == "isolated" && h.Online
+	})
+	if got := w.rules(w.Host); got != isolated {
+		t.Errorf("re-pushed isolation differs from the original (the allowlist must be kept):\n--- first\n%s\n--- after reboot\n%s", isolated, got)
+	}
+	audit := w.mustCordon("audit", "--host", hostName)
+	if !strings.Contains(audit, "re-apply isolation") {
+		t.Errorf("audit log does not record the re-push:\n%s", audit)
+	}
+	// Release still works on rules this agent process did not apply.
+	w.mustCordon("release", "host", hostName, "--reason", "done", "--wait")
+	if strings.Contains(w.rules(w.Host), "CORDON-") {
+		t.Error("Cordon rules left after release")
+	}
+}
