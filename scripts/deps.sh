@@ -1,8 +1,9 @@
 #!/bin/sh
 # Installs the Debian packages Cordon's tests and demo run on, when missing:
 # iptables and nftables (the firewalls isolated hosts use), iproute2 (network
-# namespaces), conntrack (flow tables) and openssh-client (ssh-keygen, to
-# check evidence signatures with stock OpenSSH).
+# namespaces), conntrack (flow tables), openssh-client (ssh-keygen, to check
+# evidence signatures with stock OpenSSH) and strace (a test watches the
+# snapshot code for any write to disk).
 set -eu
 missing=""
 need() { command -v "$1" >/dev/null 2>&1 || missing="$missing $2"; }
@@ -12,6 +13,7 @@ need nft nftables
 need ip iproute2
 need conntrack conntrack
 need ssh-keygen openssh-client
+need strace strace
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
 	echo "missing packages:$missing (install them as root with apt-get)" >&2
