@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -84,7 +85,9 @@ type Agent struct {
 	remote netip.AddrPort // controller endpoint of conn
 	connCh chan struct{}  // closed and replaced when conn changes
 
-	execMu  sync.Mutex // orders run one at a time
+	// queue holds received orders; one worker carries them out one at a
+	// time, in the order they arrived.
+	queue   chan wire.Order
 	ordMu   sync.Mutex
 	orders  map[string]bool // ids of orders received since start
 	ordList []string
@@ -130,6 +133,7 @@ func New(cfg Config) (*Agent, error) {
 		log:    log,
 		connCh: make(chan struct{}),
 		orders: make(map[string]bool),
+		queue:  make(chan wire.Order, maxQueued),
 	}
 	a.fw = newPlugin(cfg.Plugin, log)
 	a.outbox = newOutbox(a)
@@ -157,6 +161,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Add(2)
 	go func() { defer wg.Done(); a.outbox.run(ctx, laneReports) }()
 	go func() { defer wg.Done(); a.outbox.run(ctx, laneEvidence) }()
+	workerDone := make(chan struct{})
+	go func() { defer close(workerDone); a.work(ctx) }()
 
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -179,8 +185,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		backoff = min(2*backoff, a.cfg.MaxBackoff)
 	}
 	// Let a running order finish: it may be halfway through isolating.
-	a.execMu.Lock()
-	a.execMu.Unlock()
+	<-workerDone
 	wg.Wait()
 	a.log.Info("stopped")
 	return nil
@@ -250,7 +255,7 @@ func (a *Agent) session(ctx context.Context) error {
 			nc.Reject(ssh.UnknownChannelType, "agents accept only "+wire.ChanOrder)
 			continue
 		}
-		go a.receiveOrder(ctx, nc)
+		go a.receiveOrder(nc)
 	}
 	return conn.Wait()
 }
@@ -359,6 +364,17 @@ func (a *Agent) knownOrders() []string {
 	a.ordMu.Lock()
 	defer a.ordMu.Unlock()
 	return append([]string(nil), a.ordList...)
+}
+
+// forgetOrder drops an order id recorded by rememberOrder, for an order
+// that was refused.
+func (a *Agent) forgetOrder(id string) {
+	a.ordMu.Lock()
+	defer a.ordMu.Unlock()
+	delete(a.orders, id)
+	if i := slices.Index(a.ordList, id); i >= 0 {
+		a.ordList = slices.Delete(a.ordList, i, i+1)
+	}
 }
 
 // rememberOrder records an order id and reports whether it was new.

@@ -19,7 +19,7 @@ import (
 // receiveOrder reads one order from the controller, acknowledges it and
 // starts carrying it out. A malformed order is refused on its channel; the
 // connection stays up.
-func (a *Agent) receiveOrder(ctx context.Context, nc ssh.NewChannel) {
+func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
 		return
@@ -40,24 +40,46 @@ func (a *Agent) receiveOrder(ctx context.Context, nc ssh.NewChannel) {
 		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Error: err})
 		return
 	}
-	fresh := a.rememberOrder(o.ID)
+	if !a.rememberOrder(o.ID) {
+		a.log.Info("order received again; already carried out or under way", "order_id", o.ID)
+		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Accepted: true})
+		return
+	}
+	select {
+	case a.queue <- o:
+	default:
+		a.forgetOrder(o.ID)
+		err := fmt.Sprintf("agent has %d orders waiting; try again when they are done", maxQueued)
+		a.log.Warn("order refused", "order_id", o.ID, "err", err)
+		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Error: err})
+		return
+	}
 	if err := wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Accepted: true}); err != nil {
 		a.log.Warn("order ack not sent; carrying the order out anyway", "order_id", o.ID, "err", err)
 	}
-	if !fresh {
-		a.log.Info("order received again; already carried out or under way", "order_id", o.ID)
-		return
-	}
-	// The order runs on the agent's own context, not the channel's or the
-	// connection's: a controller that goes away never stops an isolation
-	// half way.
-	go a.execute(context.WithoutCancel(ctx), o)
 }
 
-// execute carries out one order, one at a time, and queues its reports.
+// maxQueued bounds the orders waiting behind the one being carried out.
+const maxQueued = 64
+
+// work carries out queued orders one at a time, in the order they arrived,
+// until ctx ends; the order under way then is finished first. Orders run on
+// a context of their own, not the connection's: a controller that goes away
+// never stops an isolation half way.
+func (a *Agent) work(ctx context.Context) {
+	octx := context.WithoutCancel(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case o := <-a.queue:
+			a.execute(octx, o)
+		}
+	}
+}
+
+// execute carries out one order and queues its reports.
 func (a *Agent) execute(ctx context.Context, o wire.Order) {
-	a.execMu.Lock()
-	defer a.execMu.Unlock()
 	l := a.log.With("order_id", o.ID, "incident", o.Incident, "kind", string(o.Kind))
 	l.Info("order received", "reason", o.Reason, "operator", o.Operator)
 	switch o.Kind {
