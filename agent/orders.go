@@ -17,7 +17,7 @@ import (
 )
 
 // receiveOrder reads one order from the controller, acknowledges it and
-// starts carrying it out. A malformed order is refused on its channel; the
+// queues it for the worker. A malformed order is refused on its channel; the
 // connection stays up.
 func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 	ch, reqs, err := nc.Accept()

@@ -209,3 +209,40 @@ func TestIsolationSurvivesRestartAndReboot(t *testing.T) {
 		t.Error("Cordon rules left after release")
 	}
 }
+
+// TestOrdersKeepTheirOrder: isolate and release issued back to back (and a
+// second pair queued while the agent is offline) are carried out in the
+// order they were issued; the host ends released, with no Cordon rule left.
+func TestOrdersKeepTheirOrder(t *testing.T) {
+	w := newWorld(t)
+	w.restoreHostRules()
+	before := w.rules(w.Host)
+	w.startAgent(stage.AgentOptions{Token: w.Token})
+	w.waitOnline()
+	check := func(when string) {
+		t.Helper()
+		w.eventually(30*time.Second, when+": host released", func() bool {
+			h, _ := w.HostState()
+			return h.State == "released"
+		})
+		var orders []api.Order
+		json.Unmarshal([]byte(w.mustCordon("orders", "-o", "json")), &orders)
+		for _, o := range orders {
+			if o.State != "done" {
+				t.Errorf("%s: order %s (%s) is %s: %s", when, o.ID, o.Kind, o.State, o.Error)
+			}
+		}
+		if got := w.rules(w.Host); got != before {
+			t.Errorf("%s: rules differ from before:\n%s", when, got)
+		}
+	}
+	w.mustCordon("isolate", "host", hostName, "--reason", "one")
+	w.mustCordon("release", "host", hostName, "--reason", "two")
+	check("online")
+
+	w.StopAgent()
+	w.mustCordon("isolate", "host", hostName, "--reason", "three")
+	w.mustCordon("release", "host", hostName, "--reason", "four")
+	w.startAgent(stage.AgentOptions{})
+	check("after reconnecting")
+}
