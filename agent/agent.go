@@ -21,6 +21,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -167,17 +168,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		start := time.Now()
-		err := a.session(ctx)
+		connected, err := a.session(ctx)
 		if ctx.Err() != nil {
 			break
 		}
 		if time.Since(start) > time.Minute {
 			backoff = time.Second
 		}
-		// Full jitter keeps a fleet from reconnecting in step after a
+		// Jitter keeps a fleet from reconnecting in step after a
 		// controller restart.
 		wait := backoff/2 + rand.N(backoff/2+1)
-		a.log.Warn("controller connection lost; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		msg := "cannot connect to the controller; retrying"
+		if connected {
+			msg = "controller connection lost; reconnecting"
+		}
+		a.log.Warn(msg, "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
 		case <-ctx.Done():
 		case <-time.After(wait):
@@ -192,17 +197,17 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 // session makes one connection, says hello, and serves orders until the
-// connection ends.
-func (a *Agent) session(ctx context.Context) error {
+// connection ends. connected reports whether it got as far as the hello.
+func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 	d := net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
 	nc, err := d.DialContext(ctx, "tcp", a.cfg.Controller)
 	if err != nil {
-		return fmt.Errorf("connect: %w", err)
+		return false, fmt.Errorf("connect: %w", err)
 	}
 	defer nc.Close()
 	remote, err := netip.ParseAddrPort(nc.RemoteAddr().String())
 	if err != nil {
-		return fmt.Errorf("controller address %s: %w", nc.RemoteAddr(), err)
+		return false, fmt.Errorf("controller address %s: %w", nc.RemoteAddr(), err)
 	}
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	auth := []ssh.AuthMethod{ssh.PublicKeys(a.cfg.Signer)}
@@ -217,28 +222,34 @@ func (a *Agent) session(ctx context.Context) error {
 		}))
 	}
 	nc.SetDeadline(time.Now().Add(a.cfg.DialTimeout))
+	var banner strings.Builder
 	conn, chans, reqs, err := ssh.NewClientConn(nc, a.cfg.Controller, &ssh.ClientConfig{
 		User:            a.cfg.Name,
 		Auth:            auth,
 		HostKeyCallback: sshkey.Pin(a.cfg.Fingerprint),
+		BannerCallback:  func(m string) error { banner.WriteString(strings.TrimSpace(m)); return nil },
 		ClientVersion:   "SSH-2.0-CordonAgent_" + Version,
 		Timeout:         a.cfg.DialTimeout,
 	})
 	if err != nil {
 		if errors.Is(err, sshkey.ErrHostKeyMismatch) {
-			return err
+			return false, err
 		}
-		hint := ""
-		if a.cfg.EnrollToken == "" {
-			hint = " (a new agent needs --enroll-token)"
+		why := banner.String()
+		switch {
+		case why != "":
+		case a.cfg.EnrollToken == "":
+			why = "the key is not enrolled; a new agent needs --enroll-token"
+		default:
+			why = err.Error()
 		}
-		return fmt.Errorf("controller refused the agent key %s%s: %w", sshkey.Fingerprint(a.cfg.Signer.PublicKey()), hint, err)
+		return false, fmt.Errorf("controller refused the agent key %s: %s", sshkey.Fingerprint(a.cfg.Signer.PublicKey()), why)
 	}
 	defer conn.Close()
 	go a.globalRequests(reqs)
 	if err := a.hello(ctx, conn); err != nil {
 		nc.SetDeadline(time.Time{})
-		return fmt.Errorf("hello: %w", err)
+		return false, fmt.Errorf("hello: %w", err)
 	}
 	nc.SetDeadline(time.Time{})
 	a.setConn(conn, remote)
@@ -257,7 +268,7 @@ func (a *Agent) session(ctx context.Context) error {
 		}
 		go a.receiveOrder(nc)
 	}
-	return conn.Wait()
+	return true, conn.Wait()
 }
 
 // globalRequests answers the controller's keepalives.

@@ -46,7 +46,16 @@ type demo struct {
 
 func (d *demo) step(format string, args ...any) {
 	d.n++
-	fmt.Printf("\n\033[1m%d. %s\033[0m\n", d.n, fmt.Sprintf(format, args...))
+	title := fmt.Sprintf("%d. %s", d.n, fmt.Sprintf(format, args...))
+	if isTerminal(os.Stdout) {
+		title = "\033[1m" + title + "\033[0m"
+	}
+	fmt.Println("\n" + title)
+}
+
+func isTerminal(f *os.File) bool {
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // cordon shows and runs an operator command.
@@ -121,24 +130,33 @@ func run(bin string) error {
 	if err != nil {
 		return err
 	}
-	for name := range stage.Binaries {
-		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
-			if name == "netprobe" {
-				// The demo's stand-in service is built here, not shipped.
-				cmd := exec.Command("go", "build", "-o", filepath.Join(bin, name), stage.Binaries[name])
-				if out, err := cmd.CombinedOutput(); err != nil {
-					return fmt.Errorf("build netprobe: %v\n%s", err, out)
-				}
-				continue
-			}
-			return fmt.Errorf("%s missing in %s: run 'make build' first", name, bin)
-		}
-	}
 	work, err := os.MkdirTemp("", "cordon-demo-")
 	if err != nil {
 		return err
 	}
 	defer os.RemoveAll(work)
+	// The demo runs the built binaries from a directory of its own, with
+	// netprobe, its stand-in for the host's service and the attacker, which
+	// is built there and not shipped.
+	demoBin := filepath.Join(work, "bin")
+	if err := os.Mkdir(demoBin, 0o755); err != nil {
+		return err
+	}
+	for name, pkg := range stage.Binaries {
+		if name == "netprobe" {
+			if out, err := exec.Command("go", "build", "-o", filepath.Join(demoBin, name), pkg).CombinedOutput(); err != nil {
+				return fmt.Errorf("build netprobe: %v\n%s", err, out)
+			}
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(bin, name)); err != nil {
+			return fmt.Errorf("%s missing in %s: run 'make build' first", name, bin)
+		}
+		if err := os.Symlink(filepath.Join(bin, name), filepath.Join(demoBin, name)); err != nil {
+			return err
+		}
+	}
+	bin = demoBin
 
 	fmt.Println("Cordon demo: contain a compromised card-data host, keep its volatile state as evidence.")
 	fmt.Println("Everything runs in private network namespaces made for this demo; your machine's own network is not touched.")
@@ -201,6 +219,12 @@ func (d *demo) play() error {
 	if err != nil {
 		return err
 	}
+	own, err := s.Host.Output("iptables", "-S")
+	if err != nil {
+		return err
+	}
+	fmt.Println("   its own IPv4 rules (iptables -S):")
+	indent(own)
 	held, err := s.Hold(s.Outside, stage.HostV4+":8080")
 	if err != nil {
 		return err
@@ -243,8 +267,9 @@ func (d *demo) play() error {
 	if err != nil {
 		return err
 	}
-	fmt.Printf("   the attacker's open session sends data: %s\n", strings.Replace(got, "timeout", "no answer (cut)", 1))
-	if !strings.HasPrefix(got, "timeout") {
+	if strings.HasPrefix(got, "timeout") {
+		fmt.Println("   the attacker's session opened before isolation sends data: no answer, the session is cut")
+	} else {
 		return fmt.Errorf("the session opened before isolation still carries data: %q", got)
 	}
 
@@ -274,7 +299,7 @@ func (d *demo) play() error {
 		return err
 	}
 	file := filepath.Join(dir, snaps[0].FileName)
-	if _, err := d.cordon("snapshot", "verify", file); err != nil {
+	if _, err := d.cordon("snapshot", "verify", file, "--agent-key", snaps[0].AgentKey); err != nil {
 		return err
 	}
 	if err := sshKeygenVerify(file, s.AgentKey+".pub"); err != nil {

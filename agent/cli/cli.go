@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -23,6 +25,7 @@ import (
 	"github.com/cordon-ir/cordon/pkg/logging"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
+	"github.com/cordon-ir/cordon/pkg/wire"
 )
 
 // Config is the agent's configuration: the flags, or the same settings in a
@@ -75,9 +78,58 @@ func LoadFile(path string, into *Config) error {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(into); err != nil && !errors.Is(err, io.EOF) {
-		return fmt.Errorf("%s: %w", path, err)
+		return usageError{fmt.Errorf("%s: %s", path, yamlMessage(err))}
 	}
 	return nil
+}
+
+var (
+	yamlUnknown = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
+	yamlType    = regexp.MustCompile(`line (\d+): cannot unmarshal !!\w+ ` + "`" + `([^` + "`" + `]*)` + "`" + ` into (\S+)`)
+)
+
+// yamlMessage rewords the YAML decoder's errors, which speak of Go types,
+// in terms of the configuration file.
+func yamlMessage(err error) string {
+	msg := err.Error()
+	msg = yamlUnknown.ReplaceAllString(msg, "line $1: unknown key $2")
+	msg = yamlType.ReplaceAllStringFunc(msg, func(m string) string {
+		sub := yamlType.FindStringSubmatch(m)
+		want := map[string]string{"[]string": "a list", "time.Duration": "a duration such as 10s", "string": "a string"}[sub[3]]
+		if want == "" {
+			want = sub[3]
+		}
+		return fmt.Sprintf("line %s: %q is not %s", sub[1], sub[2], want)
+	})
+	return strings.TrimPrefix(msg, "yaml: ")
+}
+
+// Exit statuses of cordon-agent, as cordon's: 1 for an error, 2 for bad
+// flags, arguments or configuration.
+const (
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// usageError is a problem with flags or configuration.
+type usageError struct{ error }
+
+// Run runs cordon-agent with args (without the program name) and returns
+// the exit status.
+func Run(ctx context.Context, args []string, out, errw io.Writer) int {
+	cmd := NewCommand(out, errw)
+	cmd.SetArgs(args)
+	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	err := cmd.ExecuteContext(ctx)
+	if err == nil {
+		return 0
+	}
+	fmt.Fprintln(errw, "cordon-agent: "+err.Error())
+	var ue usageError
+	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
+		return exitUsage
+	}
+	return exitFailure
 }
 
 // NewCommand returns the cordon-agent command.
@@ -183,22 +235,30 @@ func pluginDir(cfg Config) string {
 func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	log, err := logging.New(errw, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
-		return err
+		return usageError{err}
 	}
 	if cfg.Keepalive < 100*time.Millisecond || cfg.Keepalive > 5*time.Minute {
-		return fmt.Errorf("--keepalive %v: want 100ms to 5m", cfg.Keepalive)
+		return usageError{fmt.Errorf("--keepalive %v: want 100ms to 5m", cfg.Keepalive)}
 	}
+	// Check everything before the key is made, so a bad configuration
+	// leaves nothing behind.
 	if cfg.Controller == "" {
-		return errors.New("--controller is required (host:port of the controller)")
+		return usageError{errors.New("--controller is required (host:port of the controller)")}
 	}
-	if cfg.ControllerFingerprint == "" {
-		return errors.New("--controller-fingerprint is required (the SHA256:… that 'cordon controller init' printed)")
+	if _, _, err := net.SplitHostPort(cfg.Controller); err != nil {
+		return usageError{fmt.Errorf("--controller %q: want host:port", cfg.Controller)}
+	}
+	if !sshkey.ValidFingerprint(cfg.ControllerFingerprint) {
+		return usageError{fmt.Errorf("--controller-fingerprint %q: want the SHA256:… that 'cordon controller init' printed", cfg.ControllerFingerprint)}
+	}
+	if !wire.ValidHostName(cfg.Name) {
+		return usageError{fmt.Errorf("--name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)}
 	}
 	var allow []netip.Prefix
 	for _, s := range cfg.Allow {
 		p, err := policy.ParsePrefix(s)
 		if err != nil {
-			return err
+			return usageError{err}
 		}
 		allow = append(allow, p)
 	}

@@ -196,6 +196,7 @@ type Host struct {
 	Addr        string    `json:"addr,omitempty"` // agent's address as seen by the controller
 	Digest      string    `json:"digest,omitempty"`
 	Fingerprint string    `json:"fingerprint"` // agent key
+	PublicKey   string    `json:"public_key"`  // agent key, authorized_keys format
 	Hostname    string    `json:"hostname,omitempty"`
 	MachineID   string    `json:"machine_id,omitempty"`
 	Agent       string    `json:"agent_version,omitempty"`

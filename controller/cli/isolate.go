@@ -142,13 +142,17 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 		}
 		if o.Terminal() && !seen.Terminal() {
 			switch {
+			case o.State == "failed" && o.Kind == api.OpIsolate:
+				fmt.Fprintf(g.io.Out, "FAILED: %s\n", o.Error)
+				fmt.Fprintf(g.io.Out, "the host stays marked for isolation: the controller sends it again when the agent reconnects\n"+
+					"(fix the cause and isolate again, or cancel with 'cordon release host %s')\n", o.Host)
 			case o.State == "failed":
 				fmt.Fprintf(g.io.Out, "FAILED: %s\n", o.Error)
 			case o.Kind == api.OpIsolate:
 				fmt.Fprintf(g.io.Out, "isolated: rules verified on the host (digest %s), %v after issue\n", short(o.Digest),
 					o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
 			default:
-				fmt.Fprintf(g.io.Out, "released: Cordon's rules removed, %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
+				fmt.Fprintf(g.io.Out, "released: Cordon's rules removed and verified gone, %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
 			}
 		}
 		if o.SnapshotStored && !seen.SnapshotStored {

@@ -29,6 +29,10 @@ func runHosts(ctx context.Context, g *globals) error {
 	if g.json() {
 		return g.printJSON(hosts)
 	}
+	if len(hosts) == 0 {
+		_, err := fmt.Fprintln(g.io.Out, "no hosts enrolled yet: start an agent with a token from 'cordon enroll create'")
+		return err
+	}
 	now := time.Now()
 	tw := g.table("NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tPLUGIN\tADDRESS")
 	for _, h := range hosts {
@@ -38,11 +42,20 @@ func runHosts(ctx context.Context, g *globals) error {
 		}
 		state := h.State
 		if h.StateReason != "" {
-			state += ": " + h.StateReason
+			state += ": " + clip(h.StateReason, 60)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now), dash(h.Plugin), dash(h.Addr))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now), dash(clip(h.Plugin, 40)), dash(h.Addr))
 	}
 	return tw.Flush()
+}
+
+// clip shortens s to n characters for a table; -o json has the full text.
+func clip(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }
 
 func dash(s string) string {
@@ -67,6 +80,10 @@ func newOrdersCmd(g *globals) *cobra.Command {
 			if g.json() {
 				return g.printJSON(orders)
 			}
+			if len(orders) == 0 {
+				_, err := fmt.Fprintln(g.io.Out, "no orders"+forHost(host))
+				return err
+			}
 			tw := g.table("ORDER\tHOST\tKIND\tSTATE\tISSUED\tTOOK\tBY\tREASON")
 			now := time.Now()
 			for _, o := range orders {
@@ -76,7 +93,7 @@ func newOrdersCmd(g *globals) *cobra.Command {
 				}
 				state := o.State
 				if o.Error != "" {
-					state += ": " + o.Error
+					state += ": " + clip(o.Error, 60)
 				}
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.ID, o.Host, o.Kind, state, ago(o.CreatedAt, now), took, o.Operator, o.Reason)
 			}
@@ -103,6 +120,10 @@ func newAuditCmd(g *globals) *cobra.Command {
 			if g.json() {
 				return g.printJSON(entries)
 			}
+			if len(entries) == 0 {
+				_, err := fmt.Fprintln(g.io.Out, "no audit entries"+forHost(host))
+				return err
+			}
 			tw := g.table("TIME (UTC)\tACTOR\tACTION\tHOST\tORDER\tDETAIL")
 			for _, e := range entries {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.At.Format("2006-01-02 15:04:05.000"), e.Actor, e.Action, dash(e.Host), dash(e.OrderID), e.Detail)
@@ -113,4 +134,12 @@ func newAuditCmd(g *globals) *cobra.Command {
 	cmd.Flags().StringVar(&host, "host", "", "only entries about this host")
 	cmd.Flags().IntVar(&limit, "limit", 100, "at most this many entries")
 	return cmd
+}
+
+// forHost completes "no orders" and the like for a --host filter.
+func forHost(host string) string {
+	if host == "" {
+		return ""
+	}
+	return " for host " + host + " ('cordon hosts' lists the hosts)"
 }

@@ -3,11 +3,11 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"github.com/spf13/cobra"
 
 	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
 
 func newOperatorCmd(g *globals) *cobra.Command {
@@ -49,12 +49,12 @@ func newOperatorCmd(g *globals) *cobra.Command {
 }
 
 func runOperatorAdd(ctx context.Context, g *globals, name, role, keyFile string) error {
-	b, err := os.ReadFile(keyFile)
+	k, err := readPublicKey(keyFile)
 	if err != nil {
-		return fmt.Errorf("operator public key: %w", err)
+		return usageErr("--key: %v", err)
 	}
 	var op api.Operator
-	if err := g.call(ctx, api.OpOperatorAdd, api.OperatorAddArgs{Name: name, Role: role, PublicKey: string(b)}, &op); err != nil {
+	if err := g.call(ctx, api.OpOperatorAdd, api.OperatorAddArgs{Name: name, Role: role, PublicKey: sshkey.AuthorizedKey(k)}, &op); err != nil {
 		return err
 	}
 	if g.json() {

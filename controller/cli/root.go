@@ -17,6 +17,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/controller/client"
 )
 
@@ -111,6 +112,9 @@ func Run(ctx context.Context, args []string, out, errw io.Writer) int {
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		return ee.Code
+	}
+	if api.IsCode(err, api.CodeInvalid) {
+		return ExitUsage // the controller found the arguments wrong
 	}
 	if strings.HasPrefix(err.Error(), "unknown command") || strings.Contains(err.Error(), "accepts ") ||
 		strings.HasPrefix(err.Error(), "required flag") {

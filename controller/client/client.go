@@ -13,6 +13,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -95,7 +96,14 @@ func Dial(ctx context.Context, cfg Config) (*Client, error) {
 		if errors.Is(err, sshkey.ErrHostKeyMismatch) {
 			return nil, err
 		}
-		return nil, fmt.Errorf("controller %s refused the operator key or the handshake failed: %w", cfg.Addr, err)
+		if strings.Contains(err.Error(), "unable to authenticate") {
+			which := "the keys in ssh-agent"
+			if cfg.IdentityFile != "" {
+				which = "the operator key " + cfg.IdentityFile
+			}
+			return nil, fmt.Errorf("controller %s refused %s: not registered as an operator (an admin adds it with 'cordon operator add')", cfg.Addr, which)
+		}
+		return nil, fmt.Errorf("controller %s: SSH handshake failed: %w", cfg.Addr, err)
 	}
 	nc.SetDeadline(time.Time{})
 	return &Client{conn: ssh.NewClient(c, chans, reqs)}, nil

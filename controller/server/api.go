@@ -82,8 +82,11 @@ func (s *Server) handleAPI(ctx context.Context, op operator, nc ssh.NewChannel) 
 		return
 	}
 	if op.role != api.RoleAdmin && !contains(roles, op.role) {
+		need := strings.Join(append(append([]string(nil), roles...), api.RoleAdmin), " or ")
+		msg := fmt.Sprintf("operator %s has role %s; %s needs role %s", op.name, op.role, opNames[req.Op], need)
 		op.log.Warn("operation refused by role", "op", req.Op, "role", op.role)
-		writeResponse(ch, nil, api.Errorf(api.CodeForbidden, "operator %s has role %s, which may not %s", op.name, op.role, req.Op))
+		s.auditRefusal(ctx, op, req.Op, msg)
+		writeResponse(ch, nil, api.Errorf(api.CodeForbidden, "%s", msg))
 		return
 	}
 	if req.Op == api.OpSnapshotDownload {
@@ -92,6 +95,32 @@ func (s *Server) handleAPI(ctx context.Context, op operator, nc ssh.NewChannel) 
 	}
 	result, err := s.call(ctx, op, req)
 	writeResponse(ch, result, err)
+}
+
+// opNames names operations as operators know them, for messages.
+var opNames = map[string]string{
+	api.OpIsolate:          "isolate host",
+	api.OpRelease:          "release host",
+	api.OpOrder:            "order",
+	api.OpOrderWait:        "order --wait",
+	api.OpOrders:           "orders",
+	api.OpHosts:            "hosts",
+	api.OpSnapshots:        "snapshots",
+	api.OpSnapshotDownload: "snapshot download",
+	api.OpEnrollCreate:     "enroll create",
+	api.OpOperatorAdd:      "operator add",
+	api.OpAudit:            "audit",
+	api.OpWhoami:           "operator whoami",
+}
+
+// auditRefusal records an operation refused for lack of role.
+func (s *Server) auditRefusal(ctx context.Context, op operator, what, msg string) {
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		return tx.AddAudit(store.Audit{At: time.Now().UTC(), Actor: op.name, ActorKey: op.fp, Action: "refused", Detail: what + ": " + msg})
+	})
+	if err != nil {
+		op.log.Error("audit entry not recorded", "err", err)
+	}
 }
 
 func contains(list []string, s string) bool {
@@ -428,7 +457,7 @@ func (s *Server) hosts(ctx context.Context) ([]api.Host, error) {
 	out := []api.Host{}
 	for _, h := range hosts {
 		out = append(out, api.Host{Name: h.Name, Online: s.online(h.Name), State: h.State, StateReason: h.StateReason,
-			StateSince: h.StateSince, LastSeen: h.LastSeen, Addr: h.Addr, Digest: h.Digest, Fingerprint: h.Fingerprint,
+			StateSince: h.StateSince, LastSeen: h.LastSeen, Addr: h.Addr, Digest: h.Digest, Fingerprint: h.Fingerprint, PublicKey: h.PublicKey,
 			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, EnrolledAt: h.EnrolledAt,
 			LastOrder: h.LastOrder})
 	}

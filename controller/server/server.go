@@ -234,7 +234,8 @@ func (s *Server) authKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permiss
 				return nil, errors.New("no enrollment token given")
 			}
 			if err := s.enroll(name, key, answers[0], meta.RemoteAddr()); err != nil {
-				return nil, err
+				// The banner tells the agent why, so its operator sees it.
+				return nil, &ssh.BannerError{Err: err, Message: "cordon: enrollment refused: " + err.Error() + "\n"}
 			}
 			return &ssh.Permissions{Extensions: map[string]string{extKind: "agent", extName: name, extFP: fp}}, nil
 		},

@@ -5,6 +5,8 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
+	"crypto/ed25519"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"os"
@@ -13,6 +15,9 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/hiddeco/sshsig"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/internal/netlab"
@@ -96,7 +101,11 @@ func TestIsolateEndToEnd(t *testing.T) {
 	}
 	bundle := filepath.Join(t.TempDir(), "bundle.tar.gz")
 	w.mustCordon("snapshot", "download", ord.SnapshotID, "--out", bundle)
-	w.mustCordon("snapshot", "verify", bundle)
+	h, _ = w.HostState()
+	out = w.mustCordon("snapshot", "verify", bundle, "--agent-key", h.Fingerprint)
+	if !strings.Contains(out, "by the trusted agent key "+h.Fingerprint) {
+		t.Errorf("verify with --agent-key does not say the signer is trusted:\n%s", out)
+	}
 	files := untar(t, bundle)
 	checkSSHKeygenVerify(t, files, w.AgentKey+".pub")
 
@@ -132,6 +141,19 @@ func TestIsolateEndToEnd(t *testing.T) {
 	_, errOut, code := w.Cordon("snapshot", "verify", tampered)
 	if code == 0 || !strings.Contains(errOut, "artifacts/processes.jsonl") {
 		t.Errorf("verify of a tampered bundle: exit %d, stderr %q; want failure naming artifacts/processes.jsonl", code, errOut)
+	}
+
+	// A bundle re-signed with another key, named in its own manifest, is
+	// refused against the host's key and flagged without one.
+	forged := filepath.Join(t.TempDir(), "forged.tar.gz")
+	forge(t, bundle, forged)
+	out, errOut, code = w.Cordon("snapshot", "verify", forged, "--agent-key", h.Fingerprint)
+	if code == 0 || !strings.Contains(errOut, "manifest.json.sig") {
+		t.Errorf("verify of a re-signed bundle with --agent-key: exit %d, stderr %q", code, errOut)
+	}
+	out = w.mustCordon("snapshot", "verify", forged)
+	if !strings.Contains(out, "WARNING: that key was not checked against a trusted one") {
+		t.Errorf("verify without --agent-key does not warn that the signer is unchecked:\n%s", out)
 	}
 
 	// Release: the controller still exchanges orders with the agent, and
@@ -267,4 +289,44 @@ func jsonl(t *testing.T, b []byte) []map[string]any {
 func num(v any) int {
 	f, _ := v.(float64)
 	return int(f)
+}
+
+// forge rewrites a bundle's manifest (another reason, another agent key)
+// and signs it with that key, as an attacker holding the bundle could.
+func forge(t *testing.T, src, dst string) {
+	t.Helper()
+	files := untar(t, src)
+	var m map[string]any
+	if err := json.Unmarshal(files["manifest.json"], &m); err != nil {
+		t.Fatal(err)
+	}
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	signer, _ := ssh.NewSignerFromKey(priv)
+	m["reason"] = "nothing to see here"
+	m["agent_key"] = strings.TrimSpace(string(ssh.MarshalAuthorizedKey(signer.PublicKey())))
+	m["agent_key_fingerprint"] = ssh.FingerprintSHA256(signer.PublicKey())
+	manifest, _ := json.MarshalIndent(m, "", "  ")
+	sig, err := sshsig.Sign(bytes.NewReader(manifest), signer, sshsig.HashSHA512, "cordon-evidence")
+	if err != nil {
+		t.Fatal(err)
+	}
+	files["manifest.json"], files["manifest.json.sig"] = manifest, sshsig.Armor(sig)
+	var buf bytes.Buffer
+	zw := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(zw)
+	names := []string{"manifest.json", "manifest.json.sig"}
+	for n := range files {
+		if n != "manifest.json" && n != "manifest.json.sig" {
+			names = append(names, n)
+		}
+	}
+	for _, n := range names {
+		tw.WriteHeader(&tar.Header{Name: n, Mode: 0o444, Size: int64(len(files[n])), Typeflag: tar.TypeReg})
+		tw.Write(files[n])
+	}
+	tw.Close()
+	zw.Close()
+	if err := os.WriteFile(dst, buf.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
 }

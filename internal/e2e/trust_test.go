@@ -16,14 +16,15 @@ import (
 // gets nowhere without a valid one-time token, and a token works once.
 func TestUnenrolledAgentRefused(t *testing.T) {
 	w := newWorld(t)
-	for _, tc := range []struct{ name, token string }{
-		{"no token", ""},
-		{"wrong token", "cdn-not-a-real-token"},
+	for _, tc := range []struct{ name, token, why string }{
+		{"no token", "", "the key is not enrolled; a new agent needs --enroll-token"},
+		{"wrong token", "cdn-not-a-real-token", "enrollment refused: enrollment token is unknown, used or expired"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			w.startAgent(stage.AgentOptions{Token: tc.token, Key: filepath.Join(t.TempDir(), "k")})
-			w.eventually(15*time.Second, "agent refused", func() bool {
-				return strings.Contains(w.AgentLog.String(), "controller refused the agent key")
+			w.eventually(15*time.Second, "agent refused, saying why", func() bool {
+				return strings.Contains(w.AgentLog.String(), "controller refused the agent key") &&
+					strings.Contains(w.AgentLog.String(), tc.why)
 			})
 			w.StopAgent()
 			if hosts := w.mustHosts(); len(hosts) != 0 {
@@ -41,7 +42,7 @@ func TestUnenrolledAgentRefused(t *testing.T) {
 		// A second key cannot reuse the token, whatever name it asks for.
 		w.startAgent(stage.AgentOptions{Token: w.Token, Key: filepath.Join(t.TempDir(), "k2")})
 		w.eventually(15*time.Second, "second key refused", func() bool {
-			return strings.Contains(w.AgentLog.String(), "controller refused the agent key")
+			return strings.Contains(w.AgentLog.String(), "enrollment token is unknown, used or expired")
 		})
 		w.StopAgent()
 		if hosts := w.mustHosts(); len(hosts) != 1 {
