@@ -47,11 +47,17 @@ type Applied struct {
 // nothing of its own is out of place. Partial is non-empty when something is
 // missing or extra (a chain without its jump, a stray generation), and says
 // what; Isolated is then false.
+//
+// Policy is the policy the rules in place enforce, read back from them, so
+// that a host that restarts while isolated knows, without asking anything
+// (no name lookups), which controller endpoints it may still reach. It is
+// nil when nothing of the plugin's is in place.
 type Status struct {
-	Isolated bool     `json:"isolated"`
-	Digest   string   `json:"digest,omitempty"`
-	Rules    []string `json:"rules,omitempty"`
-	Partial  string   `json:"partial,omitempty"`
+	Isolated bool           `json:"isolated"`
+	Digest   string         `json:"digest,omitempty"`
+	Rules    []string       `json:"rules,omitempty"`
+	Partial  string         `json:"partial,omitempty"`
+	Policy   *policy.Policy `json:"policy,omitempty"`
 }
 
 // Firewall is what a plugin implements.

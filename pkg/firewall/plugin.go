@@ -95,7 +95,11 @@ func (s *grpcServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Statu
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &pb.StatusResponse{Isolated: st.Isolated, Digest: st.Digest, Rules: st.Rules, Partial: st.Partial}, nil
+	r := &pb.StatusResponse{Isolated: st.Isolated, Digest: st.Digest, Rules: st.Rules, Partial: st.Partial}
+	if st.Policy != nil {
+		r.Policy = policyToProto(*st.Policy)
+	}
+	return r, nil
 }
 
 // grpcClient is the host side of the Firewall service.
@@ -130,7 +134,15 @@ func (c *grpcClient) Status(ctx context.Context) (Status, error) {
 	if err != nil {
 		return Status{}, fromStatus(err)
 	}
-	return Status{Isolated: r.GetIsolated(), Digest: r.GetDigest(), Rules: r.GetRules(), Partial: r.GetPartial()}, nil
+	st := Status{Isolated: r.GetIsolated(), Digest: r.GetDigest(), Rules: r.GetRules(), Partial: r.GetPartial()}
+	if r.GetPolicy() != nil {
+		p, err := policyFromProto(r.GetPolicy())
+		if err != nil {
+			return st, fmt.Errorf("plugin status: policy read back: %w", err)
+		}
+		st.Policy = &p
+	}
+	return st, nil
 }
 
 func policyToProto(p policy.Policy) *pb.Policy {

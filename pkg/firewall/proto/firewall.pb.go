@@ -472,7 +472,10 @@ type StatusResponse struct {
 	Digest   string                 `protobuf:"bytes,2,opt,name=digest,proto3" json:"digest,omitempty"`
 	Rules    []string               `protobuf:"bytes,3,rep,name=rules,proto3" json:"rules,omitempty"`
 	// Set when some but not all of the plugin's rules are present.
-	Partial       string `protobuf:"bytes,4,opt,name=partial,proto3" json:"partial,omitempty"`
+	Partial string `protobuf:"bytes,4,opt,name=partial,proto3" json:"partial,omitempty"`
+	// The policy the rules in place enforce, read back from them; absent
+	// when nothing of the plugin's is in place.
+	Policy        *Policy `protobuf:"bytes,5,opt,name=policy,proto3" json:"policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -535,6 +538,13 @@ func (x *StatusResponse) GetPartial() string {
 	return ""
 }
 
+func (x *StatusResponse) GetPolicy() *Policy {
+	if x != nil {
+		return x.Policy
+	}
+	return nil
+}
+
 var File_pkg_firewall_proto_firewall_proto protoreflect.FileDescriptor
 
 const file_pkg_firewall_proto_firewall_proto_rawDesc = "" +
@@ -562,12 +572,13 @@ const file_pkg_firewall_proto_firewall_proto_rawDesc = "" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\"+\n" +
 	"\x0fReleaseResponse\x12\x18\n" +
 	"\aremoved\x18\x01 \x01(\x04R\aremoved\"\x0f\n" +
-	"\rStatusRequest\"t\n" +
+	"\rStatusRequest\"\xa8\x01\n" +
 	"\x0eStatusResponse\x12\x1a\n" +
 	"\bisolated\x18\x01 \x01(\bR\bisolated\x12\x16\n" +
 	"\x06digest\x18\x02 \x01(\tR\x06digest\x12\x14\n" +
 	"\x05rules\x18\x03 \x03(\tR\x05rules\x12\x18\n" +
-	"\apartial\x18\x04 \x01(\tR\apartial2\xce\x02\n" +
+	"\apartial\x18\x04 \x01(\tR\apartial\x122\n" +
+	"\x06policy\x18\x05 \x01(\v2\x1a.cordon.firewall.v1.PolicyR\x06policy2\xce\x02\n" +
 	"\bFirewall\x12I\n" +
 	"\x04Info\x12\x1f.cordon.firewall.v1.InfoRequest\x1a .cordon.firewall.v1.InfoResponse\x12R\n" +
 	"\aIsolate\x12\".cordon.firewall.v1.IsolateRequest\x1a#.cordon.firewall.v1.IsolateResponse\x12R\n" +
@@ -602,19 +613,20 @@ var file_pkg_firewall_proto_firewall_proto_goTypes = []any{
 var file_pkg_firewall_proto_firewall_proto_depIdxs = []int32{
 	2, // 0: cordon.firewall.v1.Policy.controllers:type_name -> cordon.firewall.v1.Endpoint
 	3, // 1: cordon.firewall.v1.IsolateRequest.policy:type_name -> cordon.firewall.v1.Policy
-	0, // 2: cordon.firewall.v1.Firewall.Info:input_type -> cordon.firewall.v1.InfoRequest
-	4, // 3: cordon.firewall.v1.Firewall.Isolate:input_type -> cordon.firewall.v1.IsolateRequest
-	6, // 4: cordon.firewall.v1.Firewall.Release:input_type -> cordon.firewall.v1.ReleaseRequest
-	8, // 5: cordon.firewall.v1.Firewall.Status:input_type -> cordon.firewall.v1.StatusRequest
-	1, // 6: cordon.firewall.v1.Firewall.Info:output_type -> cordon.firewall.v1.InfoResponse
-	5, // 7: cordon.firewall.v1.Firewall.Isolate:output_type -> cordon.firewall.v1.IsolateResponse
-	7, // 8: cordon.firewall.v1.Firewall.Release:output_type -> cordon.firewall.v1.ReleaseResponse
-	9, // 9: cordon.firewall.v1.Firewall.Status:output_type -> cordon.firewall.v1.StatusResponse
-	6, // [6:10] is the sub-list for method output_type
-	2, // [2:6] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	3, // 2: cordon.firewall.v1.StatusResponse.policy:type_name -> cordon.firewall.v1.Policy
+	0, // 3: cordon.firewall.v1.Firewall.Info:input_type -> cordon.firewall.v1.InfoRequest
+	4, // 4: cordon.firewall.v1.Firewall.Isolate:input_type -> cordon.firewall.v1.IsolateRequest
+	6, // 5: cordon.firewall.v1.Firewall.Release:input_type -> cordon.firewall.v1.ReleaseRequest
+	8, // 6: cordon.firewall.v1.Firewall.Status:input_type -> cordon.firewall.v1.StatusRequest
+	1, // 7: cordon.firewall.v1.Firewall.Info:output_type -> cordon.firewall.v1.InfoResponse
+	5, // 8: cordon.firewall.v1.Firewall.Isolate:output_type -> cordon.firewall.v1.IsolateResponse
+	7, // 9: cordon.firewall.v1.Firewall.Release:output_type -> cordon.firewall.v1.ReleaseResponse
+	9, // 10: cordon.firewall.v1.Firewall.Status:output_type -> cordon.firewall.v1.StatusResponse
+	7, // [7:11] is the sub-list for method output_type
+	3, // [3:7] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_pkg_firewall_proto_firewall_proto_init() }
