@@ -81,10 +81,11 @@ type Agent struct {
 	fw     *plugin
 	outbox *outbox
 
-	connMu sync.Mutex
-	conn   ssh.Conn       // current controller connection, or nil
-	remote netip.AddrPort // controller endpoint of conn
-	connCh chan struct{}  // closed and replaced when conn changes
+	connMu     sync.Mutex
+	conn       ssh.Conn       // current controller connection, or nil
+	remote     netip.AddrPort // controller endpoint of conn
+	lastRemote netip.AddrPort // controller endpoint last connected to
+	connCh     chan struct{}  // closed and replaced when conn changes
 
 	// queue holds received orders; one worker carries them out one at a
 	// time, in the order they arrived.
@@ -151,8 +152,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.log.Error("firewall plugin not usable; orders will fail until it is", "err", err)
 	} else if st.Isolated {
 		a.log.Warn("host is isolated: Cordon's rules are in place from before this start", "digest", st.Digest)
+		a.setApplied(st.Policy, st.Policy != nil)
 	} else if st.Partial != "" {
 		a.log.Warn("remnants of Cordon's rules found", "partial", st.Partial)
+		a.setApplied(st.Policy, false)
 	} else {
 		a.setApplied(nil, true)
 	}
@@ -199,10 +202,9 @@ func (a *Agent) Run(ctx context.Context) error {
 // session makes one connection, says hello, and serves orders until the
 // connection ends. connected reports whether it got as far as the hello.
 func (a *Agent) session(ctx context.Context) (connected bool, err error) {
-	d := net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
-	nc, err := d.DialContext(ctx, "tcp", a.cfg.Controller)
+	nc, err := a.dial(ctx)
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return false, err
 	}
 	defer nc.Close()
 	remote, err := netip.ParseAddrPort(nc.RemoteAddr().String())
@@ -238,6 +240,9 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		why := banner.String()
 		switch {
 		case why != "":
+		case !strings.Contains(err.Error(), "unable to authenticate"):
+			// Not a refusal: the connection broke during the handshake.
+			return false, fmt.Errorf("SSH handshake with the controller at %s failed: %w", remote, err)
 		case a.cfg.EnrollToken == "":
 			why = "the key is not enrolled; a new agent needs --enroll-token"
 		default:
@@ -269,6 +274,40 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		go a.receiveOrder(nc)
 	}
 	return true, conn.Wait()
+}
+
+// dial connects to the controller. While Cordon's rules are in place it
+// dials only the controller endpoints they allow, by IP, the one it was last
+// connected to first: nothing is resolved on an isolated host, where a name
+// lookup would fail and lock the agent out (DESIGN.md §3). Otherwise it dials
+// the configured address, resolving a name if it is one. The pinned host key
+// authenticates the controller whichever address answers.
+func (a *Agent) dial(ctx context.Context) (net.Conn, error) {
+	d := net.Dialer{Timeout: a.cfg.DialTimeout, KeepAlive: 15 * time.Second}
+	targets := []string{a.cfg.Controller}
+	if p, _ := a.applied(); p != nil && len(p.Controllers) > 0 {
+		targets = targets[:0]
+		a.connMu.Lock()
+		last := a.lastRemote
+		a.connMu.Unlock()
+		for _, e := range p.Controllers {
+			ap := netip.AddrPortFrom(e.Addr, e.Port)
+			if ap == last {
+				targets = append([]string{ap.String()}, targets...)
+			} else {
+				targets = append(targets, ap.String())
+			}
+		}
+	}
+	var errs []error
+	for _, t := range targets {
+		nc, err := d.DialContext(ctx, "tcp", t)
+		if err == nil {
+			return nc, nil
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("connect: %w", errors.Join(errs...))
 }
 
 // globalRequests answers the controller's keepalives.
@@ -356,6 +395,9 @@ func (a *Agent) firewallState(ctx context.Context) wire.FirewallState {
 func (a *Agent) setConn(c ssh.Conn, remote netip.AddrPort) {
 	a.connMu.Lock()
 	a.conn, a.remote = c, remote
+	if remote.IsValid() {
+		a.lastRemote = remote
+	}
 	close(a.connCh)
 	a.connCh = make(chan struct{})
 	a.connMu.Unlock()

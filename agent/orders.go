@@ -59,6 +59,9 @@ func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 	}
 }
 
+// snapshotBudget bounds the snapshot before an isolation.
+const snapshotBudget = 30 * time.Second
+
 // maxQueued bounds the orders waiting behind the one being carried out.
 const maxQueued = 64
 
@@ -101,10 +104,14 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	// 1. Evidence, in memory.
 	t0 := time.Now()
 	snapID := newID("snp")
-	bundle, err := snapshot.Take(ctx, snapshot.Request{
+	// The snapshot has a time budget: a /proc read stuck on a hung file
+	// system must not hold containment back.
+	sctx, cancel := context.WithTimeout(ctx, snapshotBudget)
+	bundle, err := snapshot.Take(sctx, snapshot.Request{
 		SnapshotID: snapID, OrderID: o.ID, Incident: o.Incident, Reason: o.Reason,
 		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe,
 	})
+	cancel()
 	snapNS := time.Since(t0).Nanoseconds()
 	evidenceErr := ""
 	if err != nil {

@@ -28,6 +28,7 @@ const (
 	OpSnapshotDownload = "snapshot.download" // SnapshotArgs → Snapshot, then the bytes (role forensic)
 	OpEnrollCreate     = "enroll.create"     // EnrollArgs → EnrollToken (role admin)
 	OpOperatorAdd      = "operator.add"      // OperatorAddArgs → Operator (role admin)
+	OpOperatorRemove   = "operator.remove"   // OperatorRemoveArgs → Operator (role admin)
 	OpAudit            = "audit"             // AuditArgs → []AuditEntry
 	OpWhoami           = "whoami"            // NoArgs → Operator
 )
@@ -98,6 +99,10 @@ func IsCode(err error, code string) bool {
 	var e *Error
 	return errors.As(err, &e) && e.Code == code
 }
+
+// MaxResponse is the largest Response frame, in bytes: listings of many
+// hosts, orders or snapshots are large.
+const MaxResponse = 64 << 20
 
 // Response answers a Request.
 type Response struct {
@@ -179,6 +184,11 @@ type OperatorAddArgs struct {
 	PublicKey string `json:"public_key"` // authorized_keys format
 }
 
+// OperatorRemoveArgs revokes an operator key.
+type OperatorRemoveArgs struct {
+	Name string `json:"name"`
+}
+
 // AuditArgs filters the audit log.
 type AuditArgs struct {
 	Host  string `json:"host,omitempty"`
@@ -249,8 +259,12 @@ type Snapshot struct {
 	Size       int64     `json:"size"`
 	TakenAt    time.Time `json:"taken_at"`
 	ReceivedAt time.Time `json:"received_at"`
-	AgentKey   string    `json:"agent_key"` // fingerprint of the signing agent key
+	AgentKey   string    `json:"agent_key"` // fingerprint of the agent key that sent (and signed) it
 	FileName   string    `json:"file_name"`
+	// Verified says whether the bundle verified at receipt against the
+	// agent's enrolled key; VerifyError says why not.
+	Verified    bool   `json:"verified"`
+	VerifyError string `json:"verify_error,omitempty"`
 }
 
 // EnrollToken is a one-time agent enrollment token.

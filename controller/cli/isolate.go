@@ -151,6 +151,9 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 			case o.Kind == api.OpIsolate:
 				fmt.Fprintf(g.io.Out, "isolated: rules verified on the host (digest %s), %v after issue\n", short(o.Digest),
 					o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
+				if o.Error != "" {
+					fmt.Fprintf(g.io.Out, "WARNING: %s\n", o.Error)
+				}
 			default:
 				fmt.Fprintf(g.io.Out, "released: Cordon's rules removed and verified gone, %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
 			}

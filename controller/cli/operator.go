@@ -44,7 +44,23 @@ func newOperatorCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	cmd.AddCommand(add, whoami)
+	remove := &cobra.Command{
+		Use:   "remove NAME",
+		Short: "Revoke an operator key: it can no longer connect (role admin)",
+		Args:  exactArgs(1, "an operator name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var op api.Operator
+			if err := g.call(cmd.Context(), api.OpOperatorRemove, api.OperatorRemoveArgs{Name: args[0]}, &op); err != nil {
+				return err
+			}
+			if g.json() {
+				return g.printJSON(op)
+			}
+			_, err := fmt.Fprintf(g.io.Out, "operator %s removed (key %s, role %s)\n", op.Name, op.Fingerprint, op.Role)
+			return err
+		},
+	}
+	cmd.AddCommand(add, remove, whoami)
 	return cmd
 }
 

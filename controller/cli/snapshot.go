@@ -35,9 +35,13 @@ func newSnapshotsCmd(g *globals) *cobra.Command {
 				_, err := fmt.Fprintln(g.io.Out, "no snapshots"+forHost(host))
 				return err
 			}
-			tw := g.table("SNAPSHOT\tHOST\tTAKEN (UTC)\tSIZE\tORDER\tSHA256")
+			tw := g.table("SNAPSHOT\tHOST\tTAKEN (UTC)\tSIZE\tORDER\tVERIFIED AT RECEIPT\tSHA256")
 			for _, s := range snaps {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Host, s.TakenAt.Format("2006-01-02 15:04:05"), humanBytes(s.Size), dash(s.OrderID), s.SHA256)
+				verified := "yes"
+				if !s.Verified {
+					verified = "NO: " + clip(s.VerifyError, 40)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Host, s.TakenAt.Format("2006-01-02 15:04:05"), humanBytes(s.Size), dash(s.OrderID), verified, s.SHA256)
 			}
 			return tw.Flush()
 		},
@@ -124,7 +128,11 @@ func runSnapshotDownload(ctx context.Context, g *globals, id, out string) error 
 		return err
 	}
 	if name == "" {
-		name = snap.FileName
+		// The controller names the file; take no directory from it.
+		name = filepath.Base(snap.FileName)
+		if name == "." || name == "/" || strings.HasPrefix(name, ".") {
+			name = "cordon-" + snap.ID + ".tar.gz"
+		}
 	}
 	dst := filepath.Join(dir, name)
 	if _, err := os.Stat(dst); err == nil {

@@ -131,7 +131,7 @@ func (c *Client) open(ctx context.Context, op string, args any) (ssh.Channel, *a
 		return nil, nil, fmt.Errorf("send %s: %w", op, err)
 	}
 	var resp api.Response
-	if err := wire.ReadFrame(ch, &resp); err != nil {
+	if err := wire.ReadFrameMax(ch, &resp, api.MaxResponse); err != nil {
 		stop()
 		ch.Close()
 		if ctx.Err() != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/cordon-ir/cordon/controller/store"
 	"github.com/cordon-ir/cordon/pkg/evidence"
 	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
 
@@ -24,6 +25,7 @@ import (
 type agentConn struct {
 	name   string
 	fp     string
+	key    ssh.PublicKey // the enrolled agent key
 	conn   *ssh.ServerConn
 	local  netip.AddrPort // the controller's end of the connection
 	log    *slog.Logger
@@ -51,6 +53,12 @@ func (s *Server) serveAgent(ctx context.Context, sconn *ssh.ServerConn, chans <-
 		kickCh: make(chan struct{}, 1),
 		done:   make(chan struct{}),
 	}
+	key, err := sshkey.ParseAuthorizedKey(ext[extKey])
+	if err != nil {
+		s.log.Error("agent connection without its key", "host", a.name, "err", err)
+		return
+	}
+	a.key = key
 	if ap, err := netip.ParseAddrPort(sconn.LocalAddr().String()); err == nil {
 		a.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
@@ -96,12 +104,15 @@ func (s *Server) serveAgent(ctx context.Context, sconn *ssh.ServerConn, chans <-
 	go s.deliverLoop(ctx, a)
 	a.kick()
 
+	// Bound what one agent, which may be the compromised host itself, can
+	// hold open at once.
+	reports, uploads := newLimit(maxReportChannels), newLimit(maxEvidenceChannels)
 	for nc := range chans {
 		switch nc.ChannelType() {
 		case wire.ChanReport:
-			go s.handleReport(ctx, a, nc)
+			reports.run(nc, "report", func() { s.handleReport(ctx, a, nc) })
 		case wire.ChanEvidence:
-			go s.handleEvidence(ctx, a, nc)
+			uploads.run(nc, "evidence", func() { s.handleEvidence(ctx, a, nc) })
 		default:
 			nc.Reject(ssh.UnknownChannelType, "unknown channel type")
 		}
@@ -115,6 +126,31 @@ func (s *Server) serveAgent(ctx context.Context, sconn *ssh.ServerConn, chans <-
 	s.touch(a.name)
 	s.notify()
 	a.log.Info("agent offline")
+}
+
+// Channels one agent may have open at once. The agent sends one report and
+// one bundle at a time; the rest is room for a retry racing a slow answer.
+const (
+	maxReportChannels   = 8
+	maxEvidenceChannels = 2
+)
+
+// limit runs channel handlers, at most n at a time, and refuses channels
+// beyond that.
+type limit chan struct{}
+
+func newLimit(n int) limit { return make(limit, n) }
+
+func (l limit) run(nc ssh.NewChannel, what string, handle func()) {
+	select {
+	case l <- struct{}{}:
+		go func() {
+			defer func() { <-l }()
+			handle()
+		}()
+	default:
+		nc.Reject(ssh.ResourceShortage, fmt.Sprintf("too many %s channels open at once (at most %d)", what, cap(l)))
+	}
 }
 
 // agentRequests answers an agent's global requests: keepalives and clock
@@ -459,7 +495,7 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 	if err != nil {
 		a.log.Warn("report not recorded", "order_id", r.OrderID, "err", err)
 		msg := "controller could not record the report"
-		if errors.Is(err, store.ErrNotFound) || errors.Is(err, errForeignOrder) {
+		if errors.Is(err, store.ErrNotFound) || errors.Is(err, errForeignOrder) || errors.Is(err, errBadReport) {
 			msg = err.Error()
 		}
 		wire.WriteFrame(ch, &wire.Ack{V: wire.Version, Error: msg})
@@ -478,7 +514,23 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 	}
 }
 
-var errForeignOrder = errors.New("order belongs to another host")
+var (
+	errForeignOrder = errors.New("order belongs to another host")
+	errBadReport    = errors.New("report does not fit the order")
+)
+
+// stageFits says which stages an order of a kind can report.
+func stageFits(kind string, st wire.Stage) bool {
+	switch st {
+	case wire.StageFailed:
+		return true
+	case wire.StageSnapshot, wire.StageIsolated:
+		return kind == string(wire.KindIsolate)
+	case wire.StageReleased:
+		return kind == string(wire.KindRelease)
+	}
+	return false
+}
 
 // applyReport updates an order and its host from a report. Reports are
 // idempotent: one that arrives twice changes nothing the second time.
@@ -497,15 +549,19 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 	if o.State == store.OrderPending {
 		o.State, o.DeliveredAt = store.OrderDelivered, now
 	}
+	if !stageFits(o.Kind, r.Stage) {
+		return o, fmt.Errorf("%w: stage %s does not belong to an order of kind %s", errBadReport, r.Stage, o.Kind)
+	}
 	latest := h.LastOrder == o.ID
 	audit := store.Audit{At: now, Actor: host, ActorKey: h.Fingerprint, Host: host, OrderID: o.ID}
 	switch r.Stage {
 	case wire.StageSnapshot:
-		if o.SnapshotID == "" {
+		if o.SnapshotID == "" || !o.SnapshotStored && o.SnapshotID != r.Snapshot.ID {
+			// A redelivered order reports the snapshot of its new attempt.
 			o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize, o.SnapshotNS = r.Snapshot.ID, r.Snapshot.SHA256, r.Snapshot.Size, r.SnapshotNS
 			audit.Action = "snapshot"
 			audit.Detail = fmt.Sprintf("snapshot %s taken in %v, sha256 %s, %d bytes", r.Snapshot.ID, time.Duration(r.SnapshotNS), r.Snapshot.SHA256, r.Snapshot.Size)
-			if _, err := tx.Snapshot(r.Snapshot.ID); err == nil {
+			if sn, err := tx.Snapshot(r.Snapshot.ID); err == nil && sn.Host == host && sn.SHA256 == r.Snapshot.SHA256 {
 				o.SnapshotStored = true
 			}
 		}
@@ -519,8 +575,12 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 		}
 		switch r.Stage {
 		case wire.StageIsolated:
-			o.State, o.Digest = store.OrderDone, r.Digest
+			// Error on a done isolation says the evidence is missing.
+			o.State, o.Digest, o.Error = store.OrderDone, r.Digest, r.Error
 			audit.Action, audit.Detail = "isolated", "isolation verified, rules digest "+r.Digest
+			if r.Error != "" {
+				audit.Detail += "; " + r.Error
+			}
 			if latest {
 				h.State, h.StateReason, h.Digest = store.StateIsolated, "", r.Digest
 			}
@@ -561,10 +621,19 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 	return tx.Order(o.ID)
 }
 
+// Limits on an evidence upload: it must keep moving (idle), and finish in
+// a time that allows a slow link (minRate) but not a trickle that holds a
+// goroutine and a temporary file for ever.
+const (
+	uploadIdle    = time.Minute
+	uploadMinRate = 32 << 10 // bytes per second
+)
+
 // handleEvidence receives an evidence bundle, stores it content-addressed,
 // verifies it against the agent's enrolled key, and records it with its
-// first custody entry. Any failure is answered with an error so the agent
-// keeps the bundle and sends it again later.
+// first custody entry. A bundle that does not verify is kept (it is still
+// what the host sent) but marked as such. A transfer or storage failure is
+// answered with an error, so the agent keeps the bundle and sends it again.
 func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewChannel) {
 	ch, reqs, err := nc.Accept()
 	if err != nil {
@@ -589,9 +658,20 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 	}
 	stopHdr()
 	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID)
-	// The upload may be large; it is bounded by progress, not a total time:
-	// the keepalive closes a connection that stops moving.
-	if err := s.cfg.Evidence.Put(ch, hdr.SHA256, hdr.Size); err != nil {
+	if hdr.OrderID != "" {
+		var o store.Order
+		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(hdr.OrderID); return })
+		if err != nil || o.Host != a.name {
+			l.Warn("evidence refused: names an order that is not this host's")
+			reply(fmt.Errorf("order %s is not an order for %s", hdr.OrderID, a.name))
+			return
+		}
+	}
+	stopTotal := closeAfter(ch, uploadIdle+time.Duration(hdr.Size/uploadMinRate)*time.Second)
+	defer stopTotal()
+	body := newIdleReader(ch, uploadIdle, func() { ch.Close() })
+	defer body.stop()
+	if err := s.cfg.Evidence.Put(body, hdr.SHA256, hdr.Size); err != nil {
 		l.Error("evidence not stored", "err", err)
 		if errors.Is(err, evidencestore.ErrMismatch) {
 			reply(err)
@@ -600,17 +680,20 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		}
 		return
 	}
-	detail := "stored"
-	if rep, err := s.verifyStored(hdr.SHA256, a.fp); err != nil {
+	verifyErr := ""
+	detail := ""
+	if rep, err := s.verifyStored(a, &hdr); err != nil {
 		l.Error("stored evidence does not verify", "err", err)
-		detail = "verification at receipt FAILED: " + err.Error()
+		verifyErr = err.Error()
+		detail = "verification at receipt FAILED: " + verifyErr
 	} else {
-		detail = fmt.Sprintf("verified at receipt: signature by %s, %d files", rep.SignerFingerprint, rep.Files)
+		detail = fmt.Sprintf("verified at receipt: signature by the enrolled agent key %s, %d files", rep.SignerFingerprint, rep.Files)
 	}
 	now := time.Now().UTC()
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		snap := store.Snapshot{ID: hdr.SnapshotID, SHA256: hdr.SHA256, Size: hdr.Size, Host: a.name, OrderID: hdr.OrderID,
-			TakenAt: hdr.TakenAt.UTC(), ReceivedAt: now, AgentKey: a.fp, FileName: evidence.FileName(a.name, hdr.TakenAt, hdr.SnapshotID)}
+			TakenAt: hdr.TakenAt.UTC(), ReceivedAt: now, AgentKey: a.fp, FileName: evidence.FileName(a.name, hdr.TakenAt, hdr.SnapshotID),
+			Verified: verifyErr == "", VerifyError: verifyErr}
 		if err := tx.AddSnapshot(snap); err != nil {
 			if !errors.Is(err, store.ErrExists) {
 				return err
@@ -630,11 +713,16 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		}
 		if hdr.OrderID != "" {
 			o, err := tx.Order(hdr.OrderID)
-			if err == nil && o.Host == a.name {
+			if err != nil {
+				return err
+			}
+			// The order's evidence is the snapshot its report named; a
+			// bundle from an earlier attempt does not count as it.
+			if o.SnapshotID == "" {
+				o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize = snap.ID, snap.SHA256, snap.Size
+			}
+			if o.SnapshotID == snap.ID && o.SnapshotSHA256 == snap.SHA256 {
 				o.SnapshotStored = true
-				if o.SnapshotID == "" {
-					o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize = snap.ID, snap.SHA256, snap.Size
-				}
 				if err := tx.PutOrder(o); err != nil {
 					return err
 				}
@@ -650,26 +738,58 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 	}
 	reply(nil)
 	s.notify()
-	l.Info("evidence stored", "sha256", hdr.SHA256, "size", hdr.Size)
+	l.Info("evidence stored", "sha256", hdr.SHA256, "size", hdr.Size, "verified", verifyErr == "")
 }
 
-// verifyStored checks a stored bundle's hashes and signature, requiring the
-// signer to be the agent's enrolled key.
-func (s *Server) verifyStored(sum, agentFP string) (*evidence.Report, error) {
-	f, err := s.cfg.Evidence.Open(sum)
+// verifyStored checks a stored bundle offline (hashes, signature) with the
+// agent's enrolled key as the only trusted signer, within limits scaled to
+// the bundle's size so a hostile bundle cannot make the controller inflate
+// much more than it sent, and checks that the manifest names the snapshot
+// and order its header did.
+func (s *Server) verifyStored(a *agentConn, hdr *wire.EvidenceHeader) (*evidence.Report, error) {
+	f, err := s.cfg.Evidence.Open(hdr.SHA256)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	rep, err := evidence.Verify(f, evidence.VerifyOptions{})
+	limit := max(64<<20, 64*hdr.Size)
+	rep, err := evidence.Verify(f, evidence.VerifyOptions{TrustedKeys: []ssh.PublicKey{a.key}, MaxEntries: 10000,
+		MaxFileSize: limit, MaxTotalSize: limit})
 	if err != nil {
 		return nil, err
 	}
-	if rep.SignerFingerprint != agentFP {
-		return rep, fmt.Errorf("signed by %s, not by the agent's enrolled key %s", rep.SignerFingerprint, agentFP)
+	m := rep.Manifest
+	switch {
+	case m.SnapshotID != hdr.SnapshotID:
+		return rep, fmt.Errorf("manifest names snapshot %q, the upload said %q", m.SnapshotID, hdr.SnapshotID)
+	case m.OrderID != hdr.OrderID:
+		return rep, fmt.Errorf("manifest names order %q, the upload said %q", m.OrderID, hdr.OrderID)
+	case m.Host.Name != a.name:
+		return rep, fmt.Errorf("manifest names host %q, the uploader is %q", m.Host.Name, a.name)
 	}
 	return rep, nil
 }
+
+// idleReader reads from r and calls onIdle if no byte arrives for d.
+type idleReader struct {
+	r io.Reader
+	d time.Duration
+	t *time.Timer
+}
+
+func newIdleReader(r io.Reader, d time.Duration, onIdle func()) *idleReader {
+	return &idleReader{r: r, d: d, t: time.AfterFunc(d, onIdle)}
+}
+
+func (ir *idleReader) Read(p []byte) (int, error) {
+	n, err := ir.r.Read(p)
+	if n > 0 {
+		ir.t.Reset(ir.d)
+	}
+	return n, err
+}
+
+func (ir *idleReader) stop() { ir.t.Stop() }
 
 // closeAfter closes c after d unless the returned stop function is called
 // first: a bound on an exchange over an SSH channel, which has no deadlines.

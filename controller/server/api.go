@@ -19,6 +19,10 @@ import (
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
 
+// maxAPIChannels bounds the requests one operator connection has under way
+// at once (long-polling waits included).
+const maxAPIChannels = 32
+
 // operator is an authenticated operator connection.
 type operator struct {
 	name, role, fp string
@@ -39,6 +43,7 @@ var allowed = map[string][]string{
 	api.OpSnapshotDownload: {api.RoleForensic},
 	api.OpEnrollCreate:     {},
 	api.OpOperatorAdd:      {},
+	api.OpOperatorRemove:   {},
 	api.OpAudit:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
 	api.OpWhoami:           {api.RoleResponder, api.RoleForensic, api.RoleViewer},
 }
@@ -46,18 +51,27 @@ var allowed = map[string][]string{
 func (s *Server) serveOperator(ctx context.Context, sconn *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 	ext := sconn.Permissions.Extensions
 	op := operator{name: ext[extName], role: ext[extRole], fp: ext[extFP]}
+	s.mu.Lock()
+	s.operators[sconn] = op.fp
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.operators, sconn)
+		s.mu.Unlock()
+	}()
 	op.log = s.log.With("operator", op.name, "operator_key", op.fp, "remote", sconn.RemoteAddr().String())
 	go func() {
 		for r := range reqs {
 			r.Reply(r.Type == wire.ReqKeepalive, nil)
 		}
 	}()
+	apis := newLimit(maxAPIChannels)
 	for nc := range chans {
 		if nc.ChannelType() != api.ChanName {
 			nc.Reject(ssh.UnknownChannelType, "operators may only open "+api.ChanName)
 			continue
 		}
-		go s.handleAPI(ctx, op, nc)
+		apis.run(nc, "API", func() { s.handleAPI(ctx, op, nc) })
 	}
 }
 
@@ -109,6 +123,7 @@ var opNames = map[string]string{
 	api.OpSnapshotDownload: "snapshot download",
 	api.OpEnrollCreate:     "enroll create",
 	api.OpOperatorAdd:      "operator add",
+	api.OpOperatorRemove:   "operator remove",
 	api.OpAudit:            "audit",
 	api.OpWhoami:           "operator whoami",
 }
@@ -148,7 +163,15 @@ func writeResponse(w io.Writer, result any, err error) error {
 			resp.Result = b
 		}
 	}
-	return wire.WriteFrame(w, &resp)
+	if err := wire.WriteFrameMax(w, &resp, api.MaxResponse); err != nil {
+		if !errors.Is(err, wire.ErrFrameTooLarge) {
+			return err
+		}
+		// Say so rather than leave the operator with a closed channel.
+		resp = api.Response{V: wire.Version, Error: api.Errorf(api.CodeUnavailable, "answer too large (%v); narrow it with --host or --limit", err)}
+		return wire.WriteFrame(w, &resp)
+	}
+	return nil
 }
 
 // decodeArgs decodes an operation's arguments strictly.
@@ -279,6 +302,12 @@ func (s *Server) call(ctx context.Context, op operator, req api.Request) (any, e
 			return nil, err
 		}
 		return s.operatorAdd(ctx, op, a)
+	case api.OpOperatorRemove:
+		var a api.OperatorRemoveArgs
+		if err := decodeArgs(req.Args, &a); err != nil {
+			return nil, err
+		}
+		return s.operatorRemove(ctx, op, a.Name)
 	case api.OpAudit:
 		var a api.AuditArgs
 		if err := decodeArgs(req.Args, &a); err != nil {
@@ -446,7 +475,7 @@ func (s *Server) apiOrder(o store.Order) api.Order {
 
 func apiSnapshot(s store.Snapshot) api.Snapshot {
 	return api.Snapshot{ID: s.ID, Host: s.Host, OrderID: s.OrderID, SHA256: s.SHA256, Size: s.Size, TakenAt: s.TakenAt,
-		ReceivedAt: s.ReceivedAt, AgentKey: s.AgentKey, FileName: s.FileName}
+		ReceivedAt: s.ReceivedAt, AgentKey: s.AgentKey, FileName: s.FileName, Verified: s.Verified, VerifyError: s.VerifyError}
 }
 
 func (s *Server) hosts(ctx context.Context) ([]api.Host, error) {
@@ -496,6 +525,46 @@ func (s *Server) operatorAdd(ctx context.Context, op operator, a api.OperatorAdd
 	return api.Operator{Name: o.Name, Role: o.Role, Fingerprint: o.Fingerprint}, nil
 }
 
+// operatorRemove revokes an operator key; its open connections end too.
+// The last admin cannot be removed.
+func (s *Server) operatorRemove(ctx context.Context, op operator, name string) (any, error) {
+	var gone store.Operator
+	now := time.Now().UTC()
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		ops, err := tx.Operators()
+		if err != nil {
+			return err
+		}
+		admins := 0
+		found := false
+		for _, o := range ops {
+			if o.Role == api.RoleAdmin {
+				admins++
+			}
+			if o.Name == name {
+				gone, found = o, true
+			}
+		}
+		if !found {
+			return api.Errorf(api.CodeNotFound, "no operator named %q", name)
+		}
+		if gone.Role == api.RoleAdmin && admins == 1 {
+			return api.Errorf(api.CodeConflict, "%s is the last admin; add another admin first", name)
+		}
+		if err := tx.RemoveOperator(name); err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "operator-remove",
+			Detail: fmt.Sprintf("operator %s (%s, role %s) removed", gone.Name, gone.Fingerprint, gone.Role)})
+	})
+	if err != nil {
+		return nil, storeErr(err, "")
+	}
+	s.dropOperator(gone.Fingerprint)
+	op.log.Info("operator removed", "removed", gone.Name, "removed_key", gone.Fingerprint)
+	return api.Operator{Name: gone.Name, Role: gone.Role, Fingerprint: gone.Fingerprint}, nil
+}
+
 // download streams a stored bundle after its metadata and records the
 // download in the chain of custody.
 func (s *Server) download(ctx context.Context, op operator, req api.Request, ch ssh.Channel) {
@@ -539,4 +608,15 @@ func (s *Server) download(ctx context.Context, op operator, req api.Request, ch 
 		op.log.Error("custody entry not recorded", "snapshot_id", snap.ID, "err", err)
 	}
 	op.log.Info("snapshot downloaded", "snapshot_id", snap.ID, "host", snap.Host, "order_id", snap.OrderID)
+}
+
+// dropOperator closes the connections of a removed operator key.
+func (s *Server) dropOperator(fp string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c, f := range s.operators {
+		if f == fp {
+			c.Close()
+		}
+	}
 }

@@ -68,7 +68,9 @@ type Server struct {
 	agents  map[string]*agentConn
 	changed chan struct{} // closed and replaced whenever an order changes
 	conns   map[net.Conn]struct{}
-	wg      sync.WaitGroup
+	// operators maps live operator connections to their key fingerprint.
+	operators map[*ssh.ServerConn]string
+	wg        sync.WaitGroup
 }
 
 // New checks cfg and returns a Server.
@@ -86,17 +88,19 @@ func New(cfg Config) (*Server, error) {
 		cfg.HandshakeTimeout = 10 * time.Second
 	}
 	s := &Server{
-		cfg:     cfg,
-		log:     cfg.Logger.With("component", "controller"),
-		agents:  make(map[string]*agentConn),
-		changed: make(chan struct{}),
-		conns:   make(map[net.Conn]struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("component", "controller"),
+		agents:    make(map[string]*agentConn),
+		changed:   make(chan struct{}),
+		conns:     make(map[net.Conn]struct{}),
+		operators: make(map[*ssh.ServerConn]string),
 	}
 	s.ssh = &ssh.ServerConfig{
-		PublicKeyCallback: s.authKey,
-		AuthLogCallback:   s.authLog,
-		ServerVersion:     "SSH-2.0-Cordon_" + Version,
-		MaxAuthTries:      6,
+		PublicKeyCallback:         s.authKey,
+		VerifiedPublicKeyCallback: s.verifiedKey,
+		AuthLogCallback:           s.authLog,
+		ServerVersion:             "SSH-2.0-Cordon_" + Version,
+		MaxAuthTries:              6,
 	}
 	s.ssh.AddHostKey(cfg.HostKey)
 	return s, nil
@@ -156,6 +160,7 @@ const (
 	extName = "cordon-name"
 	extRole = "cordon-role"
 	extFP   = "cordon-fp"
+	extKey  = "cordon-key" // agents: the key, authorized_keys format
 )
 
 func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
@@ -185,8 +190,8 @@ func (s *Server) handleConn(ctx context.Context, nc net.Conn) {
 	}
 }
 
-// authKey decides on a public key that the client has proven it holds (or
-// is offering). Known operator and agent keys get in; an unknown key may
+// authKey decides on a public key a client offers. Known operator and agent
+// keys get in (once the client proves it holds them); an unknown key may
 // enroll as an agent with a one-time token in a second step.
 func (s *Server) authKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
 	fp := sshkey.Fingerprint(key)
@@ -210,20 +215,30 @@ func (s *Server) authKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permiss
 		if meta.User() != host.Name {
 			return nil, fmt.Errorf("agent key %s is enrolled as host %q, not %q", fp, host.Name, meta.User())
 		}
-		return &ssh.Permissions{Extensions: map[string]string{extKind: "agent", extName: host.Name, extFP: fp}}, nil
+		return &ssh.Permissions{Extensions: map[string]string{extKind: "agent", extName: host.Name, extFP: fp, extKey: host.PublicKey}}, nil
 	case !errors.Is(opErr, store.ErrNotFound):
 		return nil, opErr
 	case !errors.Is(hostErr, store.ErrNotFound):
 		return nil, hostErr
 	}
-	name := meta.User()
-	if !wire.ValidHostName(name) {
-		return nil, fmt.Errorf("unknown key %s and %q is not a valid host name to enroll", fp, name)
+	if !wire.ValidHostName(meta.User()) {
+		return nil, fmt.Errorf("unknown key %s and %q is not a valid host name to enroll", fp, meta.User())
 	}
+	// An unknown key may enroll with a token. It is only a candidate until
+	// the client has proven it holds the key (verifiedKey), so that offers
+	// of random keys cost nothing but this lookup.
+	return &ssh.Permissions{Extensions: map[string]string{extKind: "candidate"}}, nil
+}
+
+// verifiedKey runs once the client has proven it holds the key authKey
+// accepted. For an unknown key it asks, as a second step, for a one-time
+// enrollment token (keyboard-interactive).
+func (s *Server) verifiedKey(meta ssh.ConnMetadata, key ssh.PublicKey, perms *ssh.Permissions, _ string) (*ssh.Permissions, error) {
+	if perms.Extensions[extKind] != "candidate" {
+		return perms, nil
+	}
+	name, fp := meta.User(), sshkey.Fingerprint(key)
 	s.log.Info("unknown key; asking for an enrollment token", "key", fp, "host", name, "remote", meta.RemoteAddr().String())
-	// Unknown key: it may enroll with a token, asked for only after the
-	// client has proven it holds the key (x/crypto/ssh returns partial
-	// success after the signature check).
 	return nil, &ssh.PartialSuccessError{Next: ssh.ServerAuthCallbacks{
 		KeyboardInteractiveCallback: func(meta ssh.ConnMetadata, client ssh.KeyboardInteractiveChallenge) (*ssh.Permissions, error) {
 			answers, err := client("cordon", "Enroll this agent with a one-time token.", []string{"enrollment token: "}, []bool{false})
@@ -237,7 +252,8 @@ func (s *Server) authKey(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permiss
 				// The banner tells the agent why, so its operator sees it.
 				return nil, &ssh.BannerError{Err: err, Message: "cordon: enrollment refused: " + err.Error() + "\n"}
 			}
-			return &ssh.Permissions{Extensions: map[string]string{extKind: "agent", extName: name, extFP: fp}}, nil
+			return &ssh.Permissions{Extensions: map[string]string{extKind: "agent", extName: name, extFP: fp,
+				extKey: sshkey.AuthorizedKey(key)}}, nil
 		},
 	}}
 }

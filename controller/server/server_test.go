@@ -4,7 +4,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net"
 	"path/filepath"
 	"strings"
@@ -104,7 +107,7 @@ func call(t *testing.T, c *ssh.Client, req any) api.Response {
 		t.Fatal(err)
 	}
 	var resp api.Response
-	if err := wire.ReadFrame(ch, &resp); err != nil {
+	if err := wire.ReadFrameMax(ch, &resp, api.MaxResponse); err != nil {
 		t.Fatalf("read response: %v", err)
 	}
 	return resp
@@ -248,5 +251,127 @@ func TestAgentBadReportsAreRefusedConnectionStays(t *testing.T) {
 	}
 	if ack := sendReport(t, a, &wire.Report{V: wire.Version, OrderID: "nope", Stage: wire.StageReleased, At: time.Now()}); ack.OK {
 		t.Errorf("report on an unknown order accepted")
+	}
+}
+
+func TestAgentChannelLimits(t *testing.T) {
+	ts := startServer(t)
+	a := enrollAgent(t, ts, "pay-db-01")
+	var open []ssh.Channel
+	for i := 0; i < maxEvidenceChannels; i++ {
+		ch, reqs, err := a.OpenChannel(wire.ChanEvidence, nil)
+		if err != nil {
+			t.Fatalf("evidence channel %d refused: %v", i, err)
+		}
+		go ssh.DiscardRequests(reqs)
+		open = append(open, ch)
+	}
+	_, _, err := a.OpenChannel(wire.ChanEvidence, nil)
+	var oce *ssh.OpenChannelError
+	if !errors.As(err, &oce) || oce.Reason != ssh.ResourceShortage {
+		t.Fatalf("evidence channel beyond the limit: got %v, want a resource-shortage refusal", err)
+	}
+	// Reports still get through while uploads hold their channels.
+	if ack := sendReport(t, a, &wire.Report{V: wire.Version, OrderID: "nope", Stage: wire.StageReleased, At: time.Now()}); ack.OK {
+		t.Error("report on an unknown order accepted")
+	}
+	for _, ch := range open {
+		ch.Close()
+	}
+}
+
+func TestReportMustFitTheOrder(t *testing.T) {
+	ts := startServer(t)
+	a := enrollAgent(t, ts, "pay-db-01")
+	op := ts.dial(t, "op", ssh.PublicKeys(ts.admin))
+	args, _ := json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "test"})
+	resp := call(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args})
+	var ord api.Order
+	json.Unmarshal(resp.Result, &ord)
+	ack := sendReport(t, a, &wire.Report{V: wire.Version, OrderID: ord.ID, Stage: wire.StageReleased, At: time.Now()})
+	if ack.OK || !strings.Contains(ack.Error, "does not belong to an order of kind isolate") {
+		t.Fatalf("released report on an isolate order: %+v", ack)
+	}
+}
+
+// upload sends a bundle on an evidence channel and returns the ack.
+func upload(t *testing.T, c *ssh.Client, hdr wire.EvidenceHeader, body []byte) wire.Ack {
+	t.Helper()
+	ch, reqs, err := c.OpenChannel(wire.ChanEvidence, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ch.Close()
+	go ssh.DiscardRequests(reqs)
+	wire.WriteFrame(ch, &hdr)
+	ch.Write(body)
+	ch.CloseWrite()
+	var ack wire.Ack
+	if err := wire.ReadFrame(ch, &ack); err != nil {
+		t.Fatal(err)
+	}
+	return ack
+}
+
+func TestEvidenceChecks(t *testing.T) {
+	ts := startServer(t)
+	a := enrollAgent(t, ts, "pay-db-01")
+	enrollAgent(t, ts, "pay-db-02")
+	op := ts.dial(t, "op", ssh.PublicKeys(ts.admin))
+	args, _ := json.Marshal(api.IsolateArgs{Host: "pay-db-02", Reason: "test"})
+	var other api.Order
+	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &other)
+
+	body := []byte("not a bundle at all")
+	sum := sha256.Sum256(body)
+	hdr := wire.EvidenceHeader{V: wire.Version, SnapshotID: "snp-1", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(body)), TakenAt: time.Now()}
+
+	// Evidence may not claim another host's order.
+	h := hdr
+	h.OrderID = other.ID
+	if ack := upload(t, a, h, body); ack.OK || !strings.Contains(ack.Error, "is not an order for pay-db-01") {
+		t.Errorf("upload naming another host's order: %+v", ack)
+	}
+	// A body that does not match its header is refused.
+	if ack := upload(t, a, hdr, []byte("something else entirely")); ack.OK || !strings.Contains(ack.Error, "does not match") {
+		t.Errorf("mismatched upload: %+v", ack)
+	}
+	// A matching upload that is no valid bundle is kept, but marked.
+	if ack := upload(t, a, hdr, body); !ack.OK {
+		t.Fatalf("upload refused: %+v", ack)
+	}
+	var snaps []api.Snapshot
+	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpSnapshots}).Result, &snaps)
+	if len(snaps) != 1 || snaps[0].Verified || !strings.Contains(snaps[0].VerifyError, "gzip") {
+		t.Fatalf("snapshots = %+v, want one marked unverified", snaps)
+	}
+}
+
+func TestOperatorRemove(t *testing.T) {
+	ts := startServer(t)
+	admin := ts.dial(t, "op", ssh.PublicKeys(ts.admin))
+	viewer := ts.dial(t, "op", ssh.PublicKeys(ts.viewer))
+	rm := func(name string) api.Response {
+		args, _ := json.Marshal(api.OperatorRemoveArgs{Name: name})
+		return call(t, admin, api.Request{V: wire.Version, Op: api.OpOperatorRemove, Args: args})
+	}
+	if resp := rm("admin"); resp.Error == nil || resp.Error.Code != api.CodeConflict {
+		t.Errorf("removing the last admin: %+v", resp.Error)
+	}
+	if resp := rm("viewer"); resp.Error != nil {
+		t.Fatalf("remove viewer: %v", resp.Error)
+	}
+	// Its open connection is closed, and it cannot come back.
+	done := make(chan error, 1)
+	go func() { done <- viewer.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Error("a removed operator's connection stayed open")
+	}
+	_, err := ssh.Dial("tcp", ts.addr, &ssh.ClientConfig{User: "op", Auth: []ssh.AuthMethod{ssh.PublicKeys(ts.viewer)},
+		HostKeyCallback: sshkey.Pin(ts.hostFP), Timeout: 5 * time.Second})
+	if err == nil {
+		t.Error("a removed operator key connected again")
 	}
 }

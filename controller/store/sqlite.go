@@ -110,7 +110,9 @@ CREATE TABLE snapshots (
 	taken_at    INTEGER NOT NULL,
 	received_at INTEGER NOT NULL,
 	agent_key   TEXT NOT NULL,
-	file_name   TEXT NOT NULL
+	file_name   TEXT NOT NULL,
+	verified    INTEGER NOT NULL DEFAULT 0,
+	verify_error TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX snapshots_host ON snapshots(host);
 CREATE TABLE custody (
@@ -258,6 +260,17 @@ func (t *sqliteTx) Operators() ([]Operator, error) {
 		out = append(out, o)
 	}
 	return out, rows.Err()
+}
+
+func (t *sqliteTx) RemoveOperator(name string) error {
+	res, err := t.tx.Exec(`DELETE FROM operators WHERE name = ?`, name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("operator %s: %w", name, ErrNotFound)
+	}
+	return nil
 }
 
 func (t *sqliteTx) AddToken(k Token) error {
@@ -447,19 +460,19 @@ func (t *sqliteTx) PendingOrders(host string) ([]Order, error) {
 	return t.queryOrders(`SELECT `+orderCols+` FROM orders WHERE host = ? AND state = ? ORDER BY seq`, host, OrderPending)
 }
 
-const snapCols = `id, sha256, size, host, order_id, taken_at, received_at, agent_key, file_name`
+const snapCols = `id, sha256, size, host, order_id, taken_at, received_at, agent_key, file_name, verified, verify_error`
 
 func scanSnapshot(r scanner) (Snapshot, error) {
 	var s Snapshot
 	var taken, received int64
-	err := r.Scan(&s.ID, &s.SHA256, &s.Size, &s.Host, &s.OrderID, &taken, &received, &s.AgentKey, &s.FileName)
+	err := r.Scan(&s.ID, &s.SHA256, &s.Size, &s.Host, &s.OrderID, &taken, &received, &s.AgentKey, &s.FileName, &s.Verified, &s.VerifyError)
 	s.TakenAt, s.ReceivedAt = fromNS(taken), fromNS(received)
 	return s, err
 }
 
 func (t *sqliteTx) AddSnapshot(s Snapshot) error {
-	_, err := t.tx.Exec(`INSERT INTO snapshots(`+snapCols+`) VALUES (?,?,?,?,?,?,?,?,?)`,
-		s.ID, s.SHA256, s.Size, s.Host, s.OrderID, ns(s.TakenAt), ns(s.ReceivedAt), s.AgentKey, s.FileName)
+	_, err := t.tx.Exec(`INSERT INTO snapshots(`+snapCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
+		s.ID, s.SHA256, s.Size, s.Host, s.OrderID, ns(s.TakenAt), ns(s.ReceivedAt), s.AgentKey, s.FileName, s.Verified, s.VerifyError)
 	if isUnique(err) {
 		return fmt.Errorf("snapshot %s: %w", s.ID, ErrExists)
 	}

@@ -39,6 +39,9 @@ type Tx interface {
 	AddOperator(o Operator) error
 	Operator(fingerprint string) (Operator, error)
 	Operators() ([]Operator, error)
+	// RemoveOperator deletes the operator with this name; ErrNotFound if
+	// there is none.
+	RemoveOperator(name string) error
 
 	AddToken(t Token) error
 	// UseToken marks the token with this hash used by host at now, or
@@ -175,8 +178,12 @@ type Snapshot struct {
 	OrderID    string
 	TakenAt    time.Time
 	ReceivedAt time.Time
-	AgentKey   string // fingerprint
+	AgentKey   string // fingerprint of the uploading (and, if verified, signing) agent key
 	FileName   string
+	// Verified says whether the bundle verified at receipt against the
+	// agent's enrolled key; VerifyError says why not.
+	Verified    bool
+	VerifyError string
 }
 
 // Custody is one event in a snapshot's chain of custody.

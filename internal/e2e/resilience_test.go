@@ -246,3 +246,50 @@ func TestOrdersKeepTheirOrder(t *testing.T) {
 	w.startAgent(stage.AgentOptions{})
 	check("after reconnecting")
 }
+
+// TestControllerByNameWhileIsolated: the agent knows the controller by
+// name. Once the host is isolated the name cannot be resolved any more (DNS
+// is cut, as it should be); the agent must still reconnect, after a
+// controller restart and after its own restart, to the IP the rules allow,
+// or it would lock itself out and the host could not be released.
+func TestControllerByNameWhileIsolated(t *testing.T) {
+	w := newWorld(t)
+	// Resolve the name in the host's namespace only (ip netns exec binds
+	// /etc/netns/NS/* over /etc/*); DNS points into the lab, at nothing.
+	etc := filepath.Join("/etc/netns", w.Host.NS)
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(etc) })
+	hosts := filepath.Join(etc, "hosts")
+	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"+stage.CtlV4+" ctl.cordon.test\n"), 0o644)
+	os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 198.18.0.53\n"), 0o644)
+
+	w.startAgent(stage.AgentOptions{Token: w.Token, Controller: "ctl.cordon.test:7443"})
+	w.waitOnline()
+	w.mustCordon("isolate", "host", hostName, "--reason", "by name", "--wait")
+	// The name no longer resolves (same file, so the bind mount sees it).
+	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+
+	w.StopController()
+	w.eventually(15*time.Second, "agent notices the controller is gone", func() bool {
+		return strings.Contains(w.AgentLog.String(), "controller connection lost")
+	})
+	if err := w.StartController(); err != nil {
+		t.Fatal(err)
+	}
+	w.waitOnline()
+
+	w.StopAgent()
+	w.startAgent(stage.AgentOptions{Controller: "ctl.cordon.test:7443"})
+	w.waitOnline()
+	if strings.Contains(w.AgentLog.String(), "lookup ctl.cordon.test") {
+		t.Errorf("the isolated agent tried to resolve the controller's name:\n%s", w.AgentLog)
+	}
+	w.mustCordon("release", "host", hostName, "--reason", "done", "--wait")
+	if strings.Contains(w.rules(w.Host), "CORDON-") {
+		t.Error("Cordon rules left after release")
+	}
+}

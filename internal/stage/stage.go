@@ -175,6 +175,7 @@ func (s *Stage) Cordon(args ...string) (stdout, stderr string, code int) {
 
 // AgentOptions vary how the agent starts.
 type AgentOptions struct {
+	Controller  string   // default: Stage.CtlAddr
 	Fingerprint string   // default: the controller's
 	Token       string   // enrollment token, if any
 	Key         string   // default: Stage.AgentKey
@@ -191,7 +192,10 @@ func (s *Stage) StartAgent(o AgentOptions) error {
 	if o.Key == "" {
 		o.Key = s.AgentKey
 	}
-	args := []string{"--controller", s.CtlAddr, "--controller-fingerprint", o.Fingerprint, "--key", o.Key,
+	if o.Controller == "" {
+		o.Controller = s.CtlAddr
+	}
+	args := []string{"--controller", o.Controller, "--controller-fingerprint", o.Fingerprint, "--key", o.Key,
 		"--name", HostName, "--plugin", "iptables", "--plugin-dir", s.Bin, "--runtime-dir", s.RuntimeDir, "--log-level", "debug"}
 	if o.Token != "" {
 		args = append(args, "--enroll-token", o.Token)

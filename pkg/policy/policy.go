@@ -78,8 +78,8 @@ func (p Policy) Validate() error {
 		if a.Addr().Zone() != "" {
 			return fmt.Errorf("policy: allowlist entry %s has a zone; zones are not supported", a)
 		}
-		if a.Bits() == 0 {
-			return fmt.Errorf("policy: allowlist entry %s allows everything: that is no isolation", a)
+		if err := checkWidth(netip.PrefixFrom(a.Addr().Unmap(), a.Bits()-unmapBits(a))); err != nil {
+			return fmt.Errorf("policy: %w", err)
 		}
 	}
 	return nil
@@ -129,10 +129,30 @@ func (p Policy) Digest() string {
 	return "sha256:" + hex.EncodeToString(sum[:])
 }
 
+// Widest allowlist entries: a forensic workstation, a jump host or an IR
+// subnet, not a large part of the Internet. Wider entries (a /0, or two /1
+// that together allow everything) would be no isolation.
+const (
+	MinAllowBits4 = 8
+	MinAllowBits6 = 32
+)
+
+func checkWidth(p netip.Prefix) error {
+	min := MinAllowBits6
+	if p.Addr().Unmap().Is4() {
+		min = MinAllowBits4
+	}
+	if p.Bits() < min {
+		return fmt.Errorf("allowlist entry %s is wider than /%d: that would be no isolation", p, min)
+	}
+	return nil
+}
+
 // ParsePrefix parses an allowlist entry: a CIDR ("10.0.0.0/8", "fd00::/64") or
 // a bare IP, which becomes a single-address prefix (/32 or /128). Host bits
 // set in a CIDR are an error, since they usually mean a typo, and so is a
-// prefix of length 0, which would allow everything.
+// prefix wider than MinAllowBits4 or MinAllowBits6. An IPv4-mapped IPv6
+// prefix is returned as the IPv4 prefix it stands for.
 func ParsePrefix(s string) (netip.Prefix, error) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		if a.Zone() != "" {
@@ -147,8 +167,13 @@ func ParsePrefix(s string) (netip.Prefix, error) {
 	if p.Masked() != p {
 		return netip.Prefix{}, fmt.Errorf("allowlist entry %q has host bits set; did you mean %s?", s, p.Masked())
 	}
-	if p.Bits() == 0 {
-		return netip.Prefix{}, fmt.Errorf("allowlist entry %q allows everything: that is no isolation", s)
+	// ::ffff:a.b.c.d/n is IPv4 in disguise.
+	p = netip.PrefixFrom(p.Addr().Unmap(), p.Bits()-unmapBits(p))
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("allowlist entry %q covers the IPv4-mapped space: that is no isolation", s)
+	}
+	if err := checkWidth(p); err != nil {
+		return netip.Prefix{}, err
 	}
 	return p, nil
 }

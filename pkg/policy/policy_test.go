@@ -60,13 +60,14 @@ func TestValidate(t *testing.T) {
 }
 
 func TestParsePrefix(t *testing.T) {
-	for in, want := range map[string]string{"10.1.2.3": "10.1.2.3/32", "fd00::1": "fd00::1/128", "10.0.0.0/8": "10.0.0.0/8"} {
+	for in, want := range map[string]string{"10.1.2.3": "10.1.2.3/32", "fd00::1": "fd00::1/128", "10.0.0.0/8": "10.0.0.0/8",
+		"::ffff:192.0.2.0/120": "192.0.2.0/24", "2001:db8::/32": "2001:db8::/32"} {
 		got, err := ParsePrefix(in)
 		if err != nil || got.String() != want {
 			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"10.0.0.1/8", "pay-db-01", "10.0.0.0/33", "fe80::1%eth0", "0.0.0.0/0", "::/0"} {
+	for _, in := range []string{"10.0.0.1/8", "pay-db-01", "10.0.0.0/33", "fe80::1%eth0", "0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1", "::ffff:0:0/96", "2000::/3"} {
 		if _, err := ParsePrefix(in); err == nil {
 			t.Errorf("ParsePrefix(%q) accepted", in)
 		}

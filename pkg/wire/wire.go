@@ -22,9 +22,12 @@ import (
 // Version is the protocol version carried in every message's "v" field.
 const Version = 1
 
-// MaxFrame is the largest frame accepted, in bytes. Evidence bundles are not
-// framed: they follow their header frame as a raw byte stream.
-const MaxFrame = 1 << 20
+// MaxFrame is the largest frame ReadFrame and WriteFrame accept, in bytes:
+// orders, reports, hellos, acknowledgements and API requests are small.
+// Evidence bundles are not framed: they follow their header frame as a raw
+// byte stream. Larger frames (API listings) go through ReadFrameMax and
+// WriteFrameMax.
+const MaxFrame = 256 << 10
 
 // SSH channel types and global requests. Channel types carry the protocol
 // version so that a future version can run beside this one.
@@ -56,14 +59,17 @@ var ErrFrameTooLarge = errors.New("wire: frame too large")
 // decoding.
 type Validator interface{ Validate() error }
 
-// WriteFrame encodes v as one frame.
-func WriteFrame(w io.Writer, v any) error {
+// WriteFrame encodes v as one frame of at most MaxFrame bytes.
+func WriteFrame(w io.Writer, v any) error { return WriteFrameMax(w, v, MaxFrame) }
+
+// WriteFrameMax encodes v as one frame of at most max bytes.
+func WriteFrameMax(w io.Writer, v any, max int) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return fmt.Errorf("wire: encode %T: %w", v, err)
 	}
-	if len(b) > MaxFrame {
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, len(b), MaxFrame)
+	if len(b) > max {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, len(b), max)
 	}
 	buf := make([]byte, 4+len(b))
 	binary.BigEndian.PutUint32(buf, uint32(len(b)))
@@ -72,10 +78,13 @@ func WriteFrame(w io.Writer, v any) error {
 	return err
 }
 
-// ReadFrame reads one frame from r and decodes it strictly into v (a
-// pointer). It returns io.EOF only when r ends before the first byte of a
-// frame.
-func ReadFrame(r io.Reader, v any) error {
+// ReadFrame reads one frame of at most MaxFrame bytes from r and decodes it
+// strictly into v (a pointer). It returns io.EOF only when r ends before the
+// first byte of a frame.
+func ReadFrame(r io.Reader, v any) error { return ReadFrameMax(r, v, MaxFrame) }
+
+// ReadFrameMax is ReadFrame for frames of at most max bytes.
+func ReadFrameMax(r io.Reader, v any, max int) error {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) {
@@ -84,8 +93,8 @@ func ReadFrame(r io.Reader, v any) error {
 		return err
 	}
 	n := binary.BigEndian.Uint32(hdr[:])
-	if n > MaxFrame {
-		return fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, n, MaxFrame)
+	if int64(n) > int64(max) {
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrFrameTooLarge, n, max)
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {

@@ -19,6 +19,25 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	host := store.Host{Name: "pay-db-01", Fingerprint: "SHA256:aaa", PublicKey: "ssh-ed25519 AAAA", EnrolledAt: now,
 		State: store.StateReleased, StateSince: now, Desired: store.StateReleased}
 
+	t.Run("OperatorsAddRemove", func(t *testing.T) {
+		s := open(t)
+		mustUpdate(t, s, func(tx store.Tx) error {
+			return tx.AddOperator(store.Operator{Fingerprint: "SHA256:o", Name: "ann", Role: "responder", PublicKey: "k", CreatedAt: now})
+		})
+		if err := s.Update(ctx, func(tx store.Tx) error {
+			return tx.AddOperator(store.Operator{Fingerprint: "SHA256:p", Name: "ann", Role: "viewer", PublicKey: "k2"})
+		}); !errors.Is(err, store.ErrExists) {
+			t.Fatalf("same name: got %v, want ErrExists", err)
+		}
+		mustUpdate(t, s, func(tx store.Tx) error { return tx.RemoveOperator("ann") })
+		if err := s.View(ctx, func(tx store.Tx) error { _, err := tx.Operator("SHA256:o"); return err }); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("removed operator still found: %v", err)
+		}
+		if err := s.Update(ctx, func(tx store.Tx) error { return tx.RemoveOperator("ann") }); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("removing twice: got %v, want ErrNotFound", err)
+		}
+	})
+
 	t.Run("TokenIsOneTime", func(t *testing.T) {
 		s := open(t)
 		mustUpdate(t, s, func(tx store.Tx) error {
@@ -137,7 +156,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 
 	t.Run("SnapshotsAndCustody", func(t *testing.T) {
 		s := open(t)
-		snap := store.Snapshot{ID: "s1", SHA256: "ab", Size: 10, Host: host.Name, TakenAt: now, ReceivedAt: now, AgentKey: "SHA256:aaa", FileName: "f.tar.gz"}
+		snap := store.Snapshot{ID: "s1", SHA256: "ab", Size: 10, Host: host.Name, TakenAt: now, ReceivedAt: now, AgentKey: "SHA256:aaa", FileName: "f.tar.gz", Verified: false, VerifyError: "not gzip"}
 		mustUpdate(t, s, func(tx store.Tx) error {
 			if err := tx.AddSnapshot(snap); err != nil {
 				return err
