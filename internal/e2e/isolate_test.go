@@ -96,7 +96,8 @@ func TestIsolateEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(w.mustCordon("snapshots", "--host", hostName, "-o", "json")), &snaps); err != nil {
 		t.Fatal(err)
 	}
-	if len(snaps) != 1 || snaps[0].ID != ord.SnapshotID || snaps[0].SHA256 != ord.SnapshotSHA256 || snaps[0].Size <= 0 || snaps[0].TakenAt.IsZero() {
+	if len(snaps) != 1 || snaps[0].ID != ord.SnapshotID || snaps[0].SHA256 != ord.SnapshotSHA256 || snaps[0].Size <= 0 ||
+		snaps[0].TakenAt.IsZero() || !snaps[0].Verified {
 		t.Fatalf("snapshots = %+v, want the order's snapshot", snaps)
 	}
 	bundle := filepath.Join(t.TempDir(), "bundle.tar.gz")
