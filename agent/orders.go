@@ -189,7 +189,9 @@ func (a *Agent) recover(ctx context.Context, l *slog.Logger, orderID string, cau
 	case errors.Is(cause, errPluginStart):
 		return fmt.Errorf("%w; no rule was changed, the host is as it was", cause)
 	case !errors.Is(cause, firewall.ErrPluginCrashed):
-		return fmt.Errorf("%w; the plugin rolled its attempt back", cause)
+		// The plugin undid what it could not finish, or kept what it
+		// could apply (fail closed); the report says what stands.
+		return cause
 	}
 	l.Error("firewall plugin crashed during isolate; restoring the earlier state", "err", cause)
 	switch {
@@ -209,13 +211,24 @@ func (a *Agent) recover(ctx context.Context, l *slog.Logger, orderID string, cau
 	return fmt.Errorf("%w; the host was isolated before this agent started, so whatever rules stand were left in place", cause)
 }
 
-// fail reports a failed order with the firewall's state after it.
+// fail reports a failed order with the firewall's state after it, in the
+// report and, for people, in the message.
 func (a *Agent) fail(ctx context.Context, l *slog.Logger, o wire.Order, snapNS int64, err error, extra string) {
 	msg := err.Error()
 	if extra != "" {
 		msg += "; " + extra
 	}
 	fs := a.firewallState(ctx)
+	switch {
+	case fs.Error != "":
+		msg += "; the firewall state could not be read: " + fs.Error
+	case fs.Isolated:
+		msg += "; the host's firewall now: Cordon's rules in place (isolated)"
+	case fs.Partial != "":
+		msg += "; the host's firewall now: Cordon's rules partly in place: " + fs.Partial
+	default:
+		msg += "; the host's firewall now: no Cordon rules"
+	}
 	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageFailed, Error: truncate(msg, wire.MaxError), Firewall: &fs, SnapshotNS: snapNS})
 	l.Error("order failed", "err", msg, "firewall_isolated", fs.Isolated, "firewall_partial", fs.Partial)
 }

@@ -37,9 +37,13 @@ type flow struct {
 const protoTCP = 6
 
 // keepFlow reports whether the isolation policy eff lets fl go on: traffic
-// over loopback (both ends local), to or from an allowlisted CIDR, or TCP
-// between a local address and a controller endpoint's address and port, as
-// the rules allow them. Either direction of the entry may match.
+// over loopback (both ends local), to or from an allowlisted CIDR, or a TCP
+// connection that a local address opened to a controller endpoint's address
+// and port, the only kind the rules let the controller's address talk over.
+// A flow the other way round (from the controller's address and port to the
+// host) is cut: that is what someone who took the controller's address
+// would open. Under NAT the original and reply directions differ; either
+// may show the flow as the host's.
 func keepFlow(fl flow, eff policy.Policy, local func(netip.Addr) bool) bool {
 	for _, t := range []tuple{fl.orig, fl.reply} {
 		if t.src.IsLoopback() || t.dst.IsLoopback() || (local(t.src) && local(t.dst)) {
@@ -50,14 +54,14 @@ func keepFlow(fl flow, eff policy.Policy, local func(netip.Addr) bool) bool {
 				return true
 			}
 		}
-		if fl.proto != protoTCP {
-			continue
-		}
-		for _, e := range eff.Controllers {
-			if (t.dst == e.Addr && t.dport == e.Port && local(t.src)) ||
-				(t.src == e.Addr && t.sport == e.Port && local(t.dst)) {
-				return true
-			}
+	}
+	if fl.proto != protoTCP {
+		return false
+	}
+	for _, e := range eff.Controllers {
+		if (fl.orig.dst == e.Addr && fl.orig.dport == e.Port && local(fl.orig.src)) ||
+			(fl.reply.src == e.Addr && fl.reply.sport == e.Port && local(fl.reply.dst)) {
+			return true
 		}
 	}
 	return false

@@ -32,9 +32,11 @@ import (
 
 // Environment of helper processes and of the test copies inside namespaces.
 const (
-	helperEnv = "CORDON_IPT_HELPER" // helper mode: echo, dial, peer
+	helperEnv = "CORDON_IPT_HELPER" // helper mode: echo, dial, peer, hold
 	portsEnv  = "CORDON_IPT_PORTS"  // echo, peer: comma-separated ports
-	addrEnv   = "CORDON_IPT_ADDR"   // dial: address:port
+	addrEnv   = "CORDON_IPT_ADDR"   // dial, hold: address:port
+	fromEnv   = "CORDON_IPT_FROM"   // dial, hold: local address:port to dial from, if set
+	tagEnv    = "CORDON_IPT_TAG"    // peer: "port" tags connections by the peer's port
 	labEnv    = "CORDON_IPT_LAB"    // child: JSON of the lab's hosts
 	pluginEnv = "CORDON_IPT_PLUGIN" // child: directory of the built plugin
 )
@@ -68,6 +70,8 @@ func helperMain(mode string) int {
 		return dialMain()
 	case "peer":
 		return peerMain()
+	case "hold":
+		return holdMain()
 	}
 	fmt.Fprintf(os.Stderr, "unknown helper mode %q\n", mode)
 	return 2
@@ -110,19 +114,82 @@ func echoMain() int {
 	select {}
 }
 
-// dialMain connects to addrEnv, sends a line and expects it back within 1.5 s.
+// dialMain connects to addrEnv, from fromEnv when set, sends a line and
+// expects it back within 1.5 s.
 func dialMain() int {
-	if err := echoOnce(os.Getenv(addrEnv), 1500*time.Millisecond); err != nil {
+	var from netip.AddrPort
+	if f := os.Getenv(fromEnv); f != "" {
+		var err error
+		if from, err = netip.ParseAddrPort(f); err != nil {
+			fmt.Println(err)
+			return 2
+		}
+	}
+	if err := echoFrom(from, os.Getenv(addrEnv), 1500*time.Millisecond); err != nil {
 		fmt.Println(err)
 		return 1
 	}
 	return 0
 }
 
+// holdMain connects to the echo service at addrEnv, from fromEnv when set,
+// says "ready", then for each line read from standard input sends it and
+// prints "echo <line>" when it comes back within 1.5 s, or "error <why>".
+func holdMain() int {
+	d := net.Dialer{Timeout: 3 * time.Second}
+	if f := os.Getenv(fromEnv); f != "" {
+		from, err := netip.ParseAddrPort(f)
+		if err != nil {
+			fmt.Println(err)
+			return 2
+		}
+		d.LocalAddr = net.TCPAddrFromAddrPort(from)
+	}
+	c, err := d.Dial("tcp", os.Getenv(addrEnv))
+	if err != nil {
+		fmt.Println(err)
+		return 1
+	}
+	defer c.Close()
+	_ = c.(*net.TCPConn).SetLinger(0)
+	fmt.Println("ready")
+	br := bufio.NewReader(c)
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		_ = c.SetDeadline(time.Now().Add(1500 * time.Millisecond))
+		if _, err := c.Write([]byte(sc.Text() + "\n")); err != nil {
+			fmt.Println("error", err)
+			continue
+		}
+		l, err := br.ReadString('\n')
+		if err != nil {
+			fmt.Println("error", err)
+			continue
+		}
+		fmt.Println("echo", strings.TrimSuffix(l, "\n"))
+	}
+	return 0
+}
+
 func echoOnce(addr string, timeout time.Duration) error {
-	c, err := net.DialTimeout("tcp", addr, timeout)
+	return echoFrom(netip.AddrPort{}, addr, timeout)
+}
+
+// echoFrom sends a line to the echo service at addr and expects it back
+// within timeout. When from is valid it dials from that address and port,
+// and closes with a reset so that no TIME_WAIT keeps the port from the next
+// dial.
+func echoFrom(from netip.AddrPort, addr string, timeout time.Duration) error {
+	d := net.Dialer{Timeout: timeout}
+	if from.IsValid() {
+		d.LocalAddr = net.TCPAddrFromAddrPort(from)
+	}
+	c, err := d.Dial("tcp", addr)
 	if err != nil {
 		return err
+	}
+	if from.IsValid() {
+		_ = c.(*net.TCPConn).SetLinger(0)
 	}
 	defer c.Close()
 	_ = c.SetDeadline(time.Now().Add(timeout))
@@ -140,7 +207,8 @@ func echoOnce(addr string, timeout time.Duration) error {
 }
 
 // peerMain accepts connections on the port in portsEnv and tags each by the
-// family of its peer ("4" or "6"). It prints "got <tag> <line>" for each line
+// family of its peer ("4" or "6"), or by the peer's port when tagEnv is
+// "port". It prints "got <tag> <line>" for each line
 // received, and sends "<line>" to connection <tag> for each "<tag> <line>"
 // read from standard input.
 func peerMain() int {
@@ -165,7 +233,11 @@ func peerMain() int {
 				return
 			}
 			tag := "4"
-			if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6() {
+			ap, err := netip.ParseAddrPort(c.RemoteAddr().String())
+			switch {
+			case err == nil && os.Getenv(tagEnv) == "port":
+				tag = strconv.Itoa(int(ap.Port()))
+			case err == nil && ap.Addr().Is6() && !ap.Addr().Is4In6():
 				tag = "6"
 			}
 			mu.Lock()
@@ -346,7 +418,9 @@ func (w testWriter) Write(p []byte) (int, error) {
 }
 
 // probe is a TCP connection attempt from a host ("host" is the namespace the
-// test copy runs in) to an address, and whether it should work.
+// test copy runs in) to an address, and whether it should work. Another
+// host may name the local address and port to dial from after an "@":
+// "outside@198.18.0.1:7443".
 type probe struct {
 	from string
 	to   netip.AddrPort
@@ -373,8 +447,12 @@ func checkReach(t *testing.T, hosts map[string]*netlab.Host, stage string, probe
 				errs[i] = echoOnce(p.to.String(), 1500*time.Millisecond)
 				return
 			}
-			cmd := hosts[p.from].Command(exe)
+			name, local, _ := strings.Cut(p.from, "@")
+			cmd := hosts[name].Command(exe)
 			cmd.Env = append(os.Environ(), helperEnv+"=dial", addrEnv+"="+p.to.String())
+			if local != "" {
+				cmd.Env = append(cmd.Env, fromEnv+"="+local)
+			}
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				errs[i] = fmt.Errorf("%v: %s", err, bytes.TrimSpace(out))
@@ -643,3 +721,120 @@ func withFaults(p *Plugin, c *faultCounter) {
 }
 
 var bg = context.Background()
+
+// peerProc is a helper (peerMain, holdMain) running in another namespace,
+// driven from the test copy through its standard input and output.
+type peerProc struct {
+	stdin io.Writer
+	lines chan string
+}
+
+// startPeer starts a peer helper listening on port in h's namespace and
+// waits until it is ready; t's cleanup stops it.
+func startPeer(t *testing.T, h *netlab.Host, port int, env ...string) *peerProc {
+	t.Helper()
+	return startProc(t, h, "peer", append([]string{portsEnv + "=" + strconv.Itoa(port)}, env...)...)
+}
+
+// startProc starts this binary in helper mode in h's namespace, with its
+// standard input and output piped to the test, and waits until it is
+// ready; t's cleanup stops it.
+func startProc(t *testing.T, h *netlab.Host, mode string, env ...string) *peerProc {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := h.Command(exe)
+	cmd.Env = append(append(os.Environ(), helperEnv+"="+mode), env...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stderr = os.Stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+	pp := &peerProc{stdin: stdin, lines: make(chan string, 64)}
+	br := waitReady(t, stdout, h.Name)
+	go func() {
+		for {
+			l, err := br.ReadString('\n')
+			if err != nil {
+				close(pp.lines)
+				return
+			}
+			pp.lines <- strings.TrimSuffix(l, "\n")
+		}
+	}()
+	return pp
+}
+
+// next returns the helper's next line, or fails t after 5 s.
+func (pp *peerProc) next(t *testing.T) string {
+	t.Helper()
+	select {
+	case l, ok := <-pp.lines:
+		if !ok {
+			t.Fatal("helper exited")
+		}
+		return l
+	case <-time.After(5 * time.Second):
+		t.Fatal("helper said nothing for 5s")
+	}
+	return ""
+}
+
+// writeLine writes line to the helper's standard input.
+func (pp *peerProc) writeLine(t *testing.T, line string) {
+	t.Helper()
+	if _, err := io.WriteString(pp.stdin, line+"\n"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// expect waits up to 5 s for the peer to print want, skipping other lines.
+func (pp *peerProc) expect(t *testing.T, want string) {
+	t.Helper()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case l := <-pp.lines:
+			if l == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("peer never said %q", want)
+		}
+	}
+}
+
+// forbid fails t if the peer prints bad within d.
+func (pp *peerProc) forbid(t *testing.T, bad string, d time.Duration) {
+	t.Helper()
+	deadline := time.After(d)
+	for {
+		select {
+		case l := <-pp.lines:
+			if l == bad {
+				t.Errorf("peer still received data after isolation: %q", l)
+			}
+		case <-deadline:
+			return
+		}
+	}
+}
+
+// send has the peer write line on the connection tagged tag.
+func (pp *peerProc) send(t *testing.T, tag, line string) {
+	t.Helper()
+	pp.writeLine(t, tag+" "+line)
+}

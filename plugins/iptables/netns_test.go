@@ -7,6 +7,8 @@ package main
 
 import (
 	"bufio"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net"
@@ -14,6 +16,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
@@ -109,6 +112,7 @@ func isolateInNamespace(t *testing.T, setup string) {
 	if err != nil || !st.Isolated || st.Digest != a.Digest || st.Partial != "" || !slices.Equal(st.Rules, a.Rules) {
 		t.Errorf("Status after Isolate = %+v, %v; want isolated with digest %s", st, err, a.Digest)
 	}
+	checkPolicy(t, "Status after Isolate", st.Policy, labPolicy())
 	// Forget the neighbours, so that reaching the controller over IPv6 needs
 	// neighbour discovery through the isolation rules.
 	flushNeighbours(t, hosts)
@@ -147,6 +151,8 @@ func isolateInNamespace(t *testing.T, setup string) {
 	}
 	if st, err := p.Status(bg); err != nil || !st.Isolated || st.Digest != b.Digest {
 		t.Errorf("Status after swap = %+v, %v", st, err)
+	} else {
+		checkPolicy(t, "Status after swap", st.Policy, polB)
 	}
 	checkReach(t, hosts, "isolated by the new policy", []probe{
 		{"outside", ap(hostV4, svcPort), true},
@@ -168,7 +174,7 @@ func isolateInNamespace(t *testing.T, setup string) {
 	if after := saveRules(t); after != afterwards {
 		t.Errorf("ruleset after release:\n%s\nwant:\n%s\n(before isolation:\n%s)", after, afterwards, before)
 	}
-	if st, err := p.Status(bg); err != nil || st.Isolated || st.Digest != "" || st.Partial != "" || len(st.Rules) != 0 {
+	if st, err := p.Status(bg); err != nil || st.Isolated || st.Digest != "" || st.Partial != "" || len(st.Rules) != 0 || st.Policy != nil {
 		t.Errorf("Status after Release = %+v, %v; want zero", st, err)
 	}
 	if n, err := p.Release(bg, "order-5"); err != nil || n != 0 {
@@ -177,6 +183,16 @@ func isolateInNamespace(t *testing.T, setup string) {
 	checkReach(t, hosts, "released", openProbes())
 	t.Logf("timing in namespace (%d rules): Isolate %v, same policy again %v, swap %v, Release %v",
 		len(a.Rules), tookFirst, tookNoop, tookSwap, tookRelease)
+}
+
+// checkPolicy checks that the policy Status read back is want in canonical
+// form: the same controllers and allowlist, in both families.
+func checkPolicy(t *testing.T, what string, got *policy.Policy, want policy.Policy) {
+	t.Helper()
+	w := want.Canonical()
+	if got == nil || !reflect.DeepEqual(*got, w) {
+		t.Errorf("%s: Policy = %+v, want %+v", what, got, w)
+	}
 }
 
 func flushNeighbours(t *testing.T, hosts map[string]*netlab.Host) {
@@ -234,70 +250,9 @@ func TestEstablishedFlowCut(t *testing.T) {
 func flowCutInNamespace(t *testing.T, setup string) {
 	hosts := childLab(t)
 	loadSetup(t, setup)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer := hosts["outside"].Command(exe)
-	peer.Env = append(os.Environ(), helperEnv+"=peer", portsEnv+"=9000")
-	stdin, err := peer.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := peer.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	peer.Stderr = os.Stderr
-	if err := peer.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = peer.Process.Kill()
-		_ = peer.Wait()
-	})
-	lines := make(chan string, 64)
-	br := waitReady(t, stdout, "outside")
-	go func() {
-		for {
-			l, err := br.ReadString('\n')
-			if err != nil {
-				close(lines)
-				return
-			}
-			lines <- strings.TrimSuffix(l, "\n")
-		}
-	}()
-	// expect waits for the peer to print want; forbid checks it does not
-	// within d.
-	expect := func(want string) {
-		t.Helper()
-		deadline := time.After(5 * time.Second)
-		for {
-			select {
-			case l := <-lines:
-				if l == want {
-					return
-				}
-			case <-deadline:
-				t.Fatalf("peer never said %q", want)
-			}
-		}
-	}
-	forbid := func(bad string, d time.Duration) {
-		t.Helper()
-		deadline := time.After(d)
-		for {
-			select {
-			case l := <-lines:
-				if l == bad {
-					t.Errorf("peer still received data after isolation: %q", l)
-				}
-			case <-deadline:
-				return
-			}
-		}
-	}
+	peer := startPeer(t, hosts["outside"], peerPort)
+	expect := func(want string) { t.Helper(); peer.expect(t, want) }
+	forbid := func(bad string, d time.Duration) { t.Helper(); peer.forbid(t, bad, d) }
 
 	conns := map[string]net.Conn{}
 	readers := map[string]*bufio.Reader{}
@@ -315,9 +270,7 @@ func flowCutInNamespace(t *testing.T, setup string) {
 			t.Fatal(err)
 		}
 		expect("got " + tag + " a1")
-		if _, err := io.WriteString(stdin, tag+" b1\n"); err != nil {
-			t.Fatal(err)
-		}
+		peer.send(t, tag, "b1")
 		_ = conns[tag].SetReadDeadline(time.Now().Add(3 * time.Second))
 		if l, err := readers[tag].ReadString('\n'); err != nil || l != "b1\n" {
 			t.Fatalf("before isolation, IPv%s read %q, %v", tag, l, err)
@@ -353,7 +306,7 @@ func flowCutInNamespace(t *testing.T, setup string) {
 	}
 	for _, tag := range []string{"4", "6"} {
 		_, _ = conns[tag].Write([]byte("a2\n"))
-		_, _ = io.WriteString(stdin, tag+" b2\n")
+		peer.send(t, tag, "b2")
 	}
 	forbid("got 4 a2", 2*time.Second)
 	forbid("got 6 a2", 100*time.Millisecond)
@@ -411,9 +364,9 @@ func leftoversInNamespace(t *testing.T) {
 	requireLabNS(t)
 	before, _ := loadSetup(t, "user-rules")
 	p := nsPlugin(t)
-	b, err := p.backend(true)
-	if err != nil {
-		t.Fatal(err)
+	b, err := p.backend()
+	if err != nil || b.v6err != nil || len(b.tabs) != 2 {
+		t.Fatalf("backend: %d families, %v, %v", len(b.tabs), err, b.v6err)
 	}
 	fams := b.families()
 	effA, _ := effective(labPolicy(), fams)
@@ -479,6 +432,32 @@ func leftoversInNamespace(t *testing.T) {
 				t.Fatal(err)
 			}
 		}, "several generations present"},
+		{"earlier layout in place", func(t *testing.T) {
+			// What the plugin wrote before layout 2: stateless controller
+			// rules and no path-MTU rule, under layout 1's generation.
+			sum := sha256.Sum256([]byte("cordon-iptables/1\n" + effA.Digest()))
+			old := plan{gen: hex.EncodeToString(sum[:4]), fams: fams, chains: map[family][]chainPlan{}}
+			for _, f := range fams {
+				for _, c := range newPlan(effA, fams, old.gen).chains[f] {
+					var rules []string
+					for _, r := range c.rules {
+						if strings.Contains(r, "--ctstate RELATED") {
+							continue
+						}
+						r = strings.Replace(r, " -m conntrack --ctstate ESTABLISHED", "", 1)
+						rules = append(rules, strings.Replace(r, " -m conntrack --ctstate NEW,ESTABLISHED", "", 1))
+					}
+					c.rules = rules
+					old.chains[f] = append(old.chains[f], c)
+				}
+			}
+			for _, tb := range b.tabs {
+				build(t, tb, old)
+				for _, bi := range builtins {
+					link(t, tb, old, bi)
+				}
+			}
+		}, "unexpected rule"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -673,9 +652,9 @@ func ruleTextInNamespace(t *testing.T) {
 		},
 	}
 	p := nsPlugin(t)
-	b, err := p.backend(true)
-	if err != nil {
-		t.Fatal(err)
+	b, err := p.backend()
+	if err != nil || b.v6err != nil || len(b.tabs) != 2 {
+		t.Fatalf("backend: %d families, %v, %v", len(b.tabs), err, b.v6err)
 	}
 	eff, err := effective(pol, b.families())
 	if err != nil {
@@ -717,8 +696,11 @@ func ruleTextInNamespace(t *testing.T) {
 }
 
 // TestUnavailable takes iptables and ip6tables away through PATH: no
-// iptables, or no ip6tables on a host with IPv6, is ErrUnavailable and
-// changes nothing; no ip6tables on a host without IPv6 isolates IPv4 only.
+// iptables is ErrUnavailable and changes nothing; no ip6tables on a host
+// with IPv6 isolates IPv4 anyway, leaves it isolated and returns
+// ErrUnavailable saying IPv6 is not contained, Status calls that partial and
+// Release undoes it; no ip6tables on a host without IPv6 isolates IPv4 only,
+// without error.
 func TestUnavailable(t *testing.T) {
 	if labtest.IsChild(t) {
 		unavailableInNamespace(t)
@@ -749,15 +731,63 @@ func unavailableInNamespace(t *testing.T) {
 	if _, err := p.Isolate(bg, labPolicy(), "o"); !errors.Is(err, firewall.ErrUnavailable) {
 		t.Errorf("Isolate without iptables: %v, want ErrUnavailable", err)
 	}
-	t.Setenv("PATH", only4)
-	if _, err := p.Isolate(bg, labPolicy(), "o"); !errors.Is(err, firewall.ErrUnavailable) {
-		t.Errorf("Isolate without ip6tables on a host with IPv6: %v, want ErrUnavailable", err)
-	} else {
-		t.Logf("without ip6tables: %v", err)
-	}
 	t.Setenv("PATH", path)
 	if got := saveRules(t); got != before {
 		t.Errorf("a refused Isolate changed the ruleset:\n%s\nwant:\n%s", got, before)
+	}
+
+	// No ip6tables on a host with IPv6: containment first.
+	pol4, _ := effective(labPolicy(), []family{ipv4})
+	t.Setenv("PATH", only4)
+	a, err := p.Isolate(bg, labPolicy(), "o")
+	if !errors.Is(err, firewall.ErrUnavailable) || !strings.Contains(err.Error(), "IPv6 is NOT contained") {
+		t.Fatalf("Isolate without ip6tables on a host with IPv6: %v, want ErrUnavailable saying IPv6 is NOT contained", err)
+	}
+	t.Logf("without ip6tables: %v", err)
+	if len(a.Rules) == 0 || a.Digest == "" {
+		t.Errorf("Applied = %+v, want the IPv4 rules", a)
+	}
+	for _, r := range a.Rules {
+		if !strings.HasPrefix(r, "iptables ") {
+			t.Errorf("rule %q without ip6tables", r)
+		}
+	}
+	st, err := p.Status(bg)
+	if err != nil || st.Isolated || st.Digest != a.Digest || !strings.Contains(st.Partial, "IPv6 NOT isolated") {
+		t.Errorf("Status = %+v, %v; want not isolated, digest %s, partial naming IPv6", st, err, a.Digest)
+	} else {
+		t.Logf("partial: %s", st.Partial)
+	}
+	checkPolicy(t, "Status with IPv4 only isolated", st.Policy, pol4)
+	t.Setenv("PATH", path) // saveRules and the probes run other commands
+	dump := saveRules(t)
+	t.Setenv("PATH", only4)
+	again, err := p.Isolate(bg, labPolicy(), "o2")
+	if !errors.Is(err, firewall.ErrUnavailable) || again.Digest != a.Digest {
+		t.Errorf("Isolate again without ip6tables = %s, %v; want %s and ErrUnavailable", again.Digest, err, a.Digest)
+	}
+	t.Setenv("PATH", path)
+	if got := saveRules(t); got != dump {
+		t.Errorf("Isolate again changed the ruleset:\n%s\nwas:\n%s", got, dump)
+	}
+	checkReach(t, hosts, "IPv4 isolated, IPv6 not contained", []probe{
+		{"outside", ap(hostV4, svcPort), false},
+		{"host", ap(outsideV4, svcPort), false},
+		{"host", ap(ctrlV4, ctrlPort), true},
+		{"allowed", ap(hostV4, svcPort), true},
+		// What the error says: IPv6 stays open.
+		{"outside", ap(hostV6, svcPort), true},
+	})
+	t.Setenv("PATH", only4)
+	if n, err := p.Release(bg, "o"); err != nil || n == 0 {
+		t.Errorf("Release without ip6tables = %d, %v", n, err)
+	}
+	if st, err := p.Status(bg); err != nil || st.Isolated || st.Partial != "" || st.Digest != "" || st.Policy != nil {
+		t.Errorf("Status after Release = %+v, %v; want zero", st, err)
+	}
+	t.Setenv("PATH", path)
+	if got := saveRules(t); got != before {
+		t.Errorf("ruleset after release:\n%s\nwant:\n%s", got, before)
 	}
 
 	// No IPv6 at all in this namespace, and no ip6tables: IPv4 only.
@@ -774,7 +804,7 @@ func unavailableInNamespace(t *testing.T) {
 	if err != nil || slices.Contains(info.Capabilities, firewall.CapIPv6) || info.Name != Name || info.Version != Version {
 		t.Errorf("Info on an IPv4-only host = %+v, %v", info, err)
 	}
-	a, err := p.Isolate(bg, labPolicy(), "o")
+	a, err = p.Isolate(bg, labPolicy(), "o")
 	if err != nil {
 		t.Fatalf("Isolate on an IPv4-only host: %v", err)
 	}
@@ -785,12 +815,16 @@ func unavailableInNamespace(t *testing.T) {
 	}
 	if st, err := p.Status(bg); err != nil || !st.Isolated || st.Digest != a.Digest {
 		t.Errorf("Status = %+v, %v", st, err)
+	} else {
+		checkPolicy(t, "Status on an IPv4-only host", st.Policy, pol4)
 	}
+	t.Setenv("PATH", path) // the probes run ip(8)
 	checkReach(t, hosts, "IPv4-only isolation", []probe{
 		{"outside", ap(hostV4, svcPort), false},
 		{"host", ap(outsideV4, svcPort), false},
 		{"host", ap(ctrlV4, ctrlPort), true},
 	})
+	t.Setenv("PATH", only4)
 	if _, err := p.Release(bg, "o"); err != nil {
 		t.Fatal(err)
 	}
@@ -864,6 +898,7 @@ func binaryInNamespace(t *testing.T) {
 	if err != nil || !st.Isolated || st.Digest != a.Digest {
 		t.Errorf("Status over gRPC = %+v, %v; want isolated with %s", st, err, a.Digest)
 	}
+	checkPolicy(t, "Status over gRPC", st.Policy, labPolicy())
 	checkReach(t, hosts, "isolated by the plugin binary", []probe{
 		{"outside", ap(hostV4, svcPort), false},
 		{"outside", ap(hostV6, svcPort), false},
@@ -874,7 +909,7 @@ func binaryInNamespace(t *testing.T) {
 	if err != nil || n == 0 {
 		t.Errorf("Release over gRPC = %d, %v", n, err)
 	}
-	if st, err := c.Status(bg); err != nil || st.Isolated || st.Digest != "" {
+	if st, err := c.Status(bg); err != nil || st.Isolated || st.Digest != "" || st.Policy != nil {
 		t.Errorf("Status after Release = %+v, %v", st, err)
 	}
 	if c.Exited() {

@@ -113,11 +113,11 @@ func (b backend) readAll() ([]liveFamily, error) {
 }
 
 // backend opens iptables for each family. IPv4 must work, or it returns
-// firewall.ErrUnavailable. IPv6 is left out when ip6tables does not work and
-// the host has no IPv6 address other than loopback; when the host does have
-// one, strict makes that an ErrUnavailable error and otherwise it is
-// recorded in v6err.
-func (p *Plugin) backend(strict bool) (backend, error) {
+// firewall.ErrUnavailable. When ip6tables does not work IPv6 is left out:
+// on a host with no IPv6 address other than loopback that is recorded in
+// v6off; on a host with one, IPv6 stays open and v6err says so (an
+// ErrUnavailable error).
+func (p *Plugin) backend() (backend, error) {
 	var b backend
 	v4, err := p.open(ipv4)
 	if err != nil {
@@ -138,10 +138,7 @@ func (p *Plugin) backend(strict bool) (backend, error) {
 		b.v6off = err6
 		return b, nil
 	}
-	b.v6err = fmt.Errorf("%w: ip6tables does not work but the host has IPv6 (%s), which would stay open: %v", firewall.ErrUnavailable, addr, err6)
-	if strict {
-		return b, b.v6err
-	}
+	b.v6err = fmt.Errorf("%w: ip6tables does not work but the host has IPv6 (%s): %v", firewall.ErrUnavailable, addr, err6)
 	return b, nil
 }
 
@@ -152,7 +149,7 @@ func (p *Plugin) Info(_ context.Context) (firewall.Info, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	info := firewall.Info{Name: Name, Version: Version}
-	b, err := p.backend(false)
+	b, err := p.backend()
 	if err != nil {
 		return info, fmt.Errorf("info: %w", err)
 	}
@@ -166,9 +163,14 @@ func (p *Plugin) Info(_ context.Context) (firewall.Info, error) {
 }
 
 // Isolate makes the host reachable only as pol allows: loopback, the
-// controller endpoints (TCP, that port only) and the allowlist CIDRs, in,
-// out and forwarded, over IPv4 and (when the host has it) IPv6. It builds the
-// new generation's chains complete, checks them, links them in at the top of
+// controller endpoints and the allowlist CIDRs, in, out and forwarded, over
+// IPv4 and (when the host has it) IPv6. The controller endpoints are reached
+// over TCP to their port, on connections the host opens: what comes from
+// their address and port is let in only as part of such a connection
+// (conntrack ESTABLISHED), so whoever takes the controller's address cannot
+// open one to the host. ICMP errors that path-MTU discovery needs are let in
+// when they relate to a connection the rules allow. It builds the new
+// generation's chains complete, checks them, links them in at the top of
 // INPUT, OUTPUT and FORWARD, then unlinks and deletes any earlier
 // generation; on any error it undoes what it did, leaving an earlier
 // generation as it was. Isolating with the policy already in place changes
@@ -182,7 +184,16 @@ func (p *Plugin) Info(_ context.Context) (firewall.Info, error) {
 // Applied.Digest their SHA-256. Errors: firewall.ErrInvalidPolicy when pol
 // cannot be applied (it fails Validate, names no controller of an IP family
 // in use, or allows a /0); firewall.ErrUnavailable when iptables does not
-// work, or ip6tables does not while the host has IPv6.
+// work.
+//
+// When ip6tables does not work on a host that has IPv6, containment comes
+// first: Isolate isolates IPv4 as above, leaves those rules in place (fail
+// closed), and returns the IPv4 Applied together with an ErrUnavailable
+// error saying that IPv6 is NOT contained, so that the order fails loudly.
+// Status then reports the host not isolated, with Partial naming IPv6, and
+// Release removes the IPv4 rules. If pol names no IPv4 controller endpoint
+// in that case, isolating IPv4 would leave no policy to read back, so
+// nothing is changed and the error says that neither family is contained.
 func (p *Plugin) Isolate(ctx context.Context, pol policy.Policy, orderID string) (firewall.Applied, error) {
 	start := time.Now()
 	log := p.log.With("order_id", orderID)
@@ -194,21 +205,42 @@ func (p *Plugin) Isolate(ctx context.Context, pol policy.Policy, orderID string)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b, err := p.backend(true)
+	b, err := p.backend()
 	if err != nil {
 		return firewall.Applied{}, fmt.Errorf("isolate: %w", err)
 	}
-	if b.v6off != nil {
+	switch {
+	case b.v6err != nil:
+		log.Error("IPv6 is NOT contained: isolating IPv4 only", "error", b.v6err)
+	case b.v6off != nil:
 		log.Warn("isolating IPv4 only: the host has no IPv6 and ip6tables does not work", "reason", b.v6off)
 	}
 	eff, err := effective(pol, b.families())
 	if err != nil {
+		if b.v6err != nil {
+			return firewall.Applied{}, fmt.Errorf("isolate: neither IPv6 nor IPv4 is contained, nothing was changed: %w; and IPv4 cannot be isolated alone: %v", b.v6err, err)
+		}
 		return firewall.Applied{}, fmt.Errorf("isolate: %w: %v", firewall.ErrInvalidPolicy, err)
 	}
 	pl := newPlan(eff, b.families(), generation(eff))
+	a, err := p.apply(ctx, pl, eff, b, log)
+	if err != nil {
+		return firewall.Applied{}, fmt.Errorf("isolate: %w", err)
+	}
+	log.Info("isolated", "generation", pl.gen, "digest", a.Digest, "rules", len(a.Rules), "flows_cut", a.FlowsCut,
+		"families", famList(b.families()), "took", time.Since(start))
+	if b.v6err != nil {
+		return a, fmt.Errorf("isolate: IPv6 is NOT contained, only IPv4 is (its rules stay in place, digest %s): %w", a.Digest, b.v6err)
+	}
+	return a, nil
+}
+
+// apply puts plan pl, which enforces eff in b's families, in place unless
+// it already is, and then cuts the flows eff does not allow.
+func (p *Plugin) apply(ctx context.Context, pl plan, eff policy.Policy, b backend, log hclog.Logger) (firewall.Applied, error) {
 	live, err := b.readAll()
 	if err != nil {
-		return firewall.Applied{}, fmt.Errorf("isolate: read rules: %w", err)
+		return firewall.Applied{}, fmt.Errorf("read rules: %w", err)
 	}
 	if ev := evaluate(live); !ev.empty && ev.gen == pl.gen && len(ev.problems) == 0 {
 		lines := ruleLines(live)
@@ -224,13 +256,11 @@ func (p *Plugin) Isolate(ctx context.Context, pol policy.Policy, orderID string)
 			err = errors.Join(err, fmt.Errorf("rollback: %w", rerr))
 		}
 		log.Error("isolation failed", "generation", pl.gen, "error", err)
-		return firewall.Applied{}, fmt.Errorf("isolate: %w", err)
+		return firewall.Applied{}, err
 	}
 	lines := ruleLines(final)
 	a := firewall.Applied{Digest: digestLines(lines), Rules: lines}
 	a.FlowsCut = p.cutFlows(eff, b, log)
-	log.Info("isolated", "generation", pl.gen, "digest", a.Digest, "rules", len(lines),
-		"flows_cut", a.FlowsCut, "families", famList(b.families()), "took", time.Since(start))
 	return a, nil
 }
 
@@ -401,12 +431,13 @@ func (p *Plugin) cutFlows(eff policy.Policy, b backend, log hclog.Logger) uint64
 // Isolate included. It returns how many rules and chains it removed (each
 // jump, each rule of a removed chain, each chain) and succeeds when there was
 // nothing to remove. On an error it still removes what it can and returns
-// the errors joined.
+// the errors joined. When ip6tables does not work it removes the IPv4 rules
+// and logs that IPv6 could not be checked.
 func (p *Plugin) Release(_ context.Context, orderID string) (int, error) {
 	log := p.log.With("order_id", orderID)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b, err := p.backend(false)
+	b, err := p.backend()
 	if err != nil {
 		return 0, fmt.Errorf("release: %w", err)
 	}
@@ -479,13 +510,20 @@ func releaseFamily(t tab) (int, error) {
 // "sha256:<hex>" over those lines, each ended by a newline, computed as
 // Isolate computes it. Isolated is true when exactly one generation is in
 // place, complete, unmodified and linked first in every builtin chain, in
-// every family in use; otherwise Partial says what is missing or extra
-// ("IPv6 OUTPUT jump missing"). With no Cordon rules at all, Status is the
-// zero value.
+// every family the host has; otherwise Partial says what is missing or extra
+// ("IPv6 OUTPUT jump missing", "IPv6 NOT isolated: …" when ip6tables does
+// not work on a host with IPv6).
+//
+// Policy is the policy the rules in place enforce, read back from the rules
+// of the generation most present: in canonical form (policy.Canonical), for
+// the families isolated, so after a complete Isolate it is the policy given,
+// canonical, less any family the host does not isolate. It is nil when what
+// is in place names no controller endpoint (it is then no valid policy).
+// With no Cordon rules at all, Status is the zero value (Policy nil).
 func (p *Plugin) Status(_ context.Context) (firewall.Status, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	b, err := p.backend(false)
+	b, err := p.backend()
 	if err != nil {
 		return firewall.Status{}, fmt.Errorf("status: %w", err)
 	}
@@ -499,9 +537,13 @@ func (p *Plugin) Status(_ context.Context) (firewall.Status, error) {
 	}
 	lines := ruleLines(live)
 	st := firewall.Status{Digest: digestLines(lines), Rules: lines}
+	if ev.gen != "" && ev.pol.Validate() == nil {
+		pol := ev.pol
+		st.Policy = &pol
+	}
 	problems := ev.problems
 	if b.v6err != nil {
-		problems = append(problems, "IPv6 not isolated: "+b.v6err.Error())
+		problems = append(problems, "IPv6 NOT isolated: "+b.v6err.Error())
 	}
 	st.Isolated = len(problems) == 0
 	st.Partial = strings.Join(problems, "; ")

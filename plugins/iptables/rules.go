@@ -23,7 +23,10 @@ const ChainPrefix = "CORDON-"
 // Layout names the shape of the rules this version writes. It goes into the
 // generation suffix, so that a plugin that writes different rules for the
 // same policy swaps generations instead of taking the old rules as its own.
-const Layout = "cordon-iptables/1"
+//
+// Layout 2 made the controller rules stateful (IN accepts only replies of
+// connections the host opened) and added the path-MTU ICMP rule.
+const Layout = "cordon-iptables/2"
 
 // filterTable is the only table the plugin touches.
 const filterTable = "filter"
@@ -200,12 +203,16 @@ type plan struct {
 // newPlan returns the rules that enforce eff (from effective) under
 // generation gen.
 //
-// IN: accept -i lo; accept from each controller (-s IP -p tcp --sport PORT);
-// accept from each allowlist CIDR; for IPv6, accept neighbour discovery
-// (ICMPv6 types 133-136 with hop limit 255, as RFC 4861 requires of them);
-// drop. OUT is the mirror image (-o, -d, --dport). FWD accepts from and to
-// each allowlist CIDR and drops. Matches follow iptables-extensions(8): tcp,
-// icmp6, hl.
+// IN: accept -i lo; accept from each controller endpoint (-s IP -p tcp
+// --sport PORT) only what conntrack counts as ESTABLISHED, that is replies
+// of connections the host opened (ctrlIn); accept the ICMP errors path-MTU
+// discovery needs, RELATED to a tracked connection (pmtuIn); accept from each
+// allowlist CIDR; for IPv6, accept neighbour discovery (ICMPv6 types 133-136
+// with hop limit 255, as RFC 4861 requires of them); drop. OUT: accept -o
+// lo; accept to each controller endpoint (-d IP -p tcp --dport PORT) NEW and
+// ESTABLISHED (ctrlOut); accept to each allowlist CIDR; neighbour discovery
+// for IPv6; drop. FWD accepts from and to each allowlist CIDR and drops.
+// Matches follow iptables-extensions(8): tcp, conntrack, icmp, icmp6, hl.
 func newPlan(eff policy.Policy, fams []family, gen string) plan {
 	pl := plan{gen: gen, fams: fams, chains: map[family][]chainPlan{}}
 	for _, f := range fams {
@@ -220,6 +227,7 @@ func newPlan(eff policy.Policy, fams []family, gen string) plan {
 func chainRules(f family, short, name string, eff policy.Policy) []string {
 	var r []string
 	add := func(format string, args ...any) { r = append(r, "-A "+name+" "+fmt.Sprintf(format, args...)) }
+	addSpec := func(spec string) { r = append(r, "-A "+name+" "+spec) }
 	var ctrl []policy.Endpoint
 	for _, e := range eff.Controllers {
 		if f.has(e.Addr) {
@@ -236,15 +244,16 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 	case "IN":
 		add("-i lo -j ACCEPT")
 		for _, e := range ctrl {
-			add("-s %s -p tcp -m tcp --sport %d -j ACCEPT", hostPrefix(e.Addr), e.Port)
+			addSpec(ctrlIn(e))
 		}
+		addSpec(pmtuIn(f))
 		for _, a := range allow {
 			add("-s %s -j ACCEPT", a)
 		}
 	case "OUT":
 		add("-o lo -j ACCEPT")
 		for _, e := range ctrl {
-			add("-d %s -p tcp -m tcp --dport %d -j ACCEPT", hostPrefix(e.Addr), e.Port)
+			addSpec(ctrlOut(e))
 		}
 		for _, a := range allow {
 			add("-d %s -j ACCEPT", a)
@@ -262,6 +271,38 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 	}
 	add("-j DROP")
 	return r
+}
+
+// ctrlIn is the IN rule for controller endpoint e: TCP from its address and
+// port, only when conntrack counts the packet ESTABLISHED. The agent always
+// dials out, so this admits the controller's side of the agent's connections
+// and nothing the controller's address, or someone who took it, opens
+// towards the host. A connection opened before conntrack tracked anything in
+// the namespace is picked up mid-stream (nf_conntrack_tcp_loose, on by
+// default) by the host's next packet to the controller, which ctrlOut admits
+// as NEW; from then on the controller's packets are ESTABLISHED.
+func ctrlIn(e policy.Endpoint) string {
+	return fmt.Sprintf("-s %s -p tcp -m tcp --sport %d -m conntrack --ctstate ESTABLISHED -j ACCEPT", hostPrefix(e.Addr), e.Port)
+}
+
+// ctrlOut is the OUT rule for controller endpoint e: TCP to its address and
+// port, new connections and established ones (iptables prints the states
+// in this order).
+func ctrlOut(e policy.Endpoint) string {
+	return fmt.Sprintf("-d %s -p tcp -m tcp --dport %d -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT", hostPrefix(e.Addr), e.Port)
+}
+
+// pmtuIn is the IN rule that keeps path-MTU discovery working (RFC 1191,
+// RFC 8201): ICMP "fragmentation needed" (type 3 code 4) or ICMPv6 "packet
+// too big" (type 2), only when conntrack relates it to a tracked connection,
+// one the rules let through. These errors come from routers on the path, not
+// from the controller, so no address can be named; without them a session
+// over a path with a smaller MTU (a tunnel) stalls.
+func pmtuIn(f family) string {
+	if f == ipv6 {
+		return "-p ipv6-icmp -m icmp6 --icmpv6-type 2 -m conntrack --ctstate RELATED -j ACCEPT"
+	}
+	return "-p icmp -m icmp --icmp-type 3/4 -m conntrack --ctstate RELATED -j ACCEPT"
 }
 
 // expected returns the state of family f that the plan describes, for
@@ -407,18 +448,12 @@ func ruleSpec(rule string) []string {
 }
 
 // reconstruct reads back the effective policy that generation gen's chains
-// in fams enforce. Lines it does not recognise are ignored here; comparing
-// the live rules with newPlan's reports them.
+// in fams enforce: controller endpoints from rules written exactly as ctrlIn
+// or ctrlOut writes them, allowlist CIDRs from "-s CIDR -j ACCEPT" and
+// "-d CIDR -j ACCEPT". Lines it does not recognise are ignored here;
+// comparing the live rules with newPlan's reports them.
 func reconstruct(fams []liveFamily, gen string) policy.Policy {
 	var p policy.Policy
-	addCtrl := func(addr, port string) {
-		pfx, err := netip.ParsePrefix(addr)
-		n, perr := strconv.ParseUint(port, 10, 16)
-		if err != nil || perr != nil || pfx.Bits() != pfx.Addr().BitLen() || n == 0 {
-			return
-		}
-		p.Controllers = append(p.Controllers, policy.Endpoint{Addr: pfx.Addr(), Port: uint16(n)})
-	}
 	addAllow := func(s string) {
 		if pfx, err := netip.ParsePrefix(s); err == nil && pfx.Bits() > 0 {
 			p.Allow = append(p.Allow, pfx)
@@ -426,12 +461,22 @@ func reconstruct(fams []liveFamily, gen string) policy.Policy {
 	}
 	for _, lf := range fams {
 		for _, k := range chainKinds {
-			for _, r := range lf.chains[chainName(k.short, gen)] {
+			chain := chainName(k.short, gen)
+			for _, r := range lf.chains[chain] {
 				f := splitRule(r)
 				switch {
-				case len(f) == 12 && f[4] == "-p" && f[5] == "tcp" && f[6] == "-m" && f[7] == "tcp" && f[10] == "-j" && f[11] == "ACCEPT" &&
-					((k.short == "IN" && f[2] == "-s" && f[8] == "--sport") || (k.short == "OUT" && f[2] == "-d" && f[8] == "--dport")):
-					addCtrl(f[3], f[9])
+				case len(f) == 16 && (k.short == "IN" || k.short == "OUT"):
+					e, ok := endpointOf(f[3], f[9])
+					if !ok {
+						continue
+					}
+					spec := ctrlIn(e)
+					if k.short == "OUT" {
+						spec = ctrlOut(e)
+					}
+					if r == "-A "+chain+" "+spec {
+						p.Controllers = append(p.Controllers, e)
+					}
 				case len(f) == 6 && f[4] == "-j" && f[5] == "ACCEPT" && (f[2] == "-s" || f[2] == "-d"):
 					addAllow(f[3])
 				}
@@ -439,4 +484,15 @@ func reconstruct(fams []liveFamily, gen string) policy.Policy {
 		}
 	}
 	return p.Canonical()
+}
+
+// endpointOf parses a single-address CIDR and a port, as a controller rule
+// names them.
+func endpointOf(addr, port string) (policy.Endpoint, bool) {
+	pfx, err := netip.ParsePrefix(addr)
+	n, perr := strconv.ParseUint(port, 10, 16)
+	if err != nil || perr != nil || pfx.Bits() != pfx.Addr().BitLen() || n == 0 {
+		return policy.Endpoint{}, false
+	}
+	return policy.Endpoint{Addr: pfx.Addr(), Port: uint16(n)}, true
 }

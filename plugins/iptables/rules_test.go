@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -33,12 +34,13 @@ func samplePolicy() policy.Policy {
 // the generation.
 const sampleRules = `iptables -N CORDON-IN-GEN
 iptables -A CORDON-IN-GEN -i lo -j ACCEPT
-iptables -A CORDON-IN-GEN -s 198.18.0.1/32 -p tcp -m tcp --sport 7443 -j ACCEPT
+iptables -A CORDON-IN-GEN -s 198.18.0.1/32 -p tcp -m tcp --sport 7443 -m conntrack --ctstate ESTABLISHED -j ACCEPT
+iptables -A CORDON-IN-GEN -p icmp -m icmp --icmp-type 3/4 -m conntrack --ctstate RELATED -j ACCEPT
 iptables -A CORDON-IN-GEN -s 198.18.0.4/30 -j ACCEPT
 iptables -A CORDON-IN-GEN -j DROP
 iptables -N CORDON-OUT-GEN
 iptables -A CORDON-OUT-GEN -o lo -j ACCEPT
-iptables -A CORDON-OUT-GEN -d 198.18.0.1/32 -p tcp -m tcp --dport 7443 -j ACCEPT
+iptables -A CORDON-OUT-GEN -d 198.18.0.1/32 -p tcp -m tcp --dport 7443 -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT
 iptables -A CORDON-OUT-GEN -d 198.18.0.4/30 -j ACCEPT
 iptables -A CORDON-OUT-GEN -j DROP
 iptables -N CORDON-FWD-GEN
@@ -50,7 +52,8 @@ iptables -A OUTPUT -j CORDON-OUT-GEN
 iptables -A FORWARD -j CORDON-FWD-GEN
 ip6tables -N CORDON-IN-GEN
 ip6tables -A CORDON-IN-GEN -i lo -j ACCEPT
-ip6tables -A CORDON-IN-GEN -s fd00:c0de::1/128 -p tcp -m tcp --sport 7443 -j ACCEPT
+ip6tables -A CORDON-IN-GEN -s fd00:c0de::1/128 -p tcp -m tcp --sport 7443 -m conntrack --ctstate ESTABLISHED -j ACCEPT
+ip6tables -A CORDON-IN-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 2 -m conntrack --ctstate RELATED -j ACCEPT
 ip6tables -A CORDON-IN-GEN -s fd00:c0de::4/126 -j ACCEPT
 ip6tables -A CORDON-IN-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m hl --hl-eq 255 -j ACCEPT
 ip6tables -A CORDON-IN-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 134 -m hl --hl-eq 255 -j ACCEPT
@@ -59,7 +62,7 @@ ip6tables -A CORDON-IN-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq
 ip6tables -A CORDON-IN-GEN -j DROP
 ip6tables -N CORDON-OUT-GEN
 ip6tables -A CORDON-OUT-GEN -o lo -j ACCEPT
-ip6tables -A CORDON-OUT-GEN -d fd00:c0de::1/128 -p tcp -m tcp --dport 7443 -j ACCEPT
+ip6tables -A CORDON-OUT-GEN -d fd00:c0de::1/128 -p tcp -m tcp --dport 7443 -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT
 ip6tables -A CORDON-OUT-GEN -d fd00:c0de::4/126 -j ACCEPT
 ip6tables -A CORDON-OUT-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m hl --hl-eq 255 -j ACCEPT
 ip6tables -A CORDON-OUT-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 134 -m hl --hl-eq 255 -j ACCEPT
@@ -153,8 +156,17 @@ func TestReconstruct(t *testing.T) {
 	gen := generation(eff)
 	live := expectedOf(newPlan(eff, fams, gen))
 	got := reconstruct(live, gen)
-	if got.Digest() != eff.Digest() {
+	if !reflect.DeepEqual(got, eff) {
 		t.Errorf("reconstructed %+v, want %+v", got, eff)
+	}
+	if ev := evaluate(live); !reflect.DeepEqual(ev.pol, eff) {
+		t.Errorf("evaluate read back %+v, want %+v", ev.pol, eff)
+	}
+	// Only the IPv4 family isolated: the IPv4 part of the policy.
+	eff4, _ := effective(samplePolicy(), []family{ipv4})
+	gen4 := generation(eff4)
+	if got := reconstruct(expectedOf(newPlan(eff4, []family{ipv4}, gen4)), gen4); !reflect.DeepEqual(got, eff4) || len(got.Controllers) != 1 {
+		t.Errorf("IPv4 only: reconstructed %+v, want %+v", got, eff4)
 	}
 }
 
@@ -207,6 +219,25 @@ func TestEvaluate(t *testing.T) {
 				l[0].chains[c] = slices.DeleteFunc(l[0].chains[c], func(r string) bool { return strings.Contains(r, "198.18.0.4/30") })
 			}
 		}, []string{"do not enforce the policy it was made for"}},
+		{"controller rule made stateless", func(l []liveFamily) {
+			c := chainName("IN", gen)
+			i := slices.IndexFunc(l[0].chains[c], func(r string) bool { return strings.Contains(r, "--sport 7443") })
+			l[0].chains[c][i] = "-A " + c + " -s 198.18.0.1/32 -p tcp -m tcp --sport 7443 -j ACCEPT"
+		}, []string{"IPv4 rule missing: \"-A CORDON-IN-" + gen + " -s 198.18.0.1/32 -p tcp -m tcp --sport 7443 -m conntrack --ctstate ESTABLISHED -j ACCEPT\"", "unexpected rule"}},
+		{"controller rules made stateless everywhere", func(l []liveFamily) {
+			for _, k := range []string{"IN", "OUT"} {
+				c := chainName(k, gen)
+				for i, r := range l[1].chains[c] {
+					r = strings.Replace(r, " -m conntrack --ctstate ESTABLISHED", "", 1)
+					l[1].chains[c][i] = strings.Replace(r, " -m conntrack --ctstate NEW,ESTABLISHED", "", 1)
+				}
+			}
+		}, []string{"do not enforce the policy it was made for", "unexpected rule"}},
+		{"path-MTU rule widened to all ICMP", func(l []liveFamily) {
+			c := chainName("IN", gen)
+			i := slices.IndexFunc(l[0].chains[c], func(r string) bool { return strings.Contains(r, "--icmp-type 3/4") })
+			l[0].chains[c][i] = "-A " + c + " -p icmp -j ACCEPT"
+		}, []string{"IPv4 rule missing", "unexpected rule: \"-A CORDON-IN-" + gen + " -p icmp -j ACCEPT\""}},
 		{"rule added", func(l []liveFamily) {
 			c := chainName("IN", gen)
 			l[0].chains[c] = slices.Insert(l[0].chains[c], 0, "-A "+c+" -j ACCEPT")
@@ -278,7 +309,15 @@ func TestKeepFlow(t *testing.T) {
 	}{
 		{"agent to controller", tcp("198.18.0.2", 40000, "198.18.0.1", 7443), true},
 		{"agent to controller v6", tcp("fd00:c0de::2", 40000, "fd00:c0de::1", 7443), true},
-		{"controller from its port", tcp("198.18.0.1", 7443, "198.18.0.2", 22), true},
+		// Opened from the controller's address and port: what someone who
+		// took that address would open (or the agent's own connection
+		// picked up mid-stream the wrong way round, which the host's next
+		// packet picks up again the right way).
+		{"from the controller's address and port", tcp("198.18.0.1", 7443, "198.18.0.2", 22), false},
+		{"from the controller's address and port v6", tcp("fd00:c0de::1", 7443, "fd00:c0de::2", 40000), false},
+		{"agent to controller through DNAT", flow{proto: protoTCP,
+			orig:  tuple{src: netip.MustParseAddr("198.18.0.2"), dst: netip.MustParseAddr("198.19.0.10"), sport: 40000, dport: 443},
+			reply: tuple{src: netip.MustParseAddr("198.18.0.1"), dst: netip.MustParseAddr("198.18.0.2"), sport: 7443, dport: 40000}}, true},
 		{"controller other port", tcp("198.18.0.2", 40000, "198.18.0.1", 22), false},
 		{"forwarded to controller", tcp("10.9.0.2", 40000, "198.18.0.1", 7443), false},
 		{"allowlisted peer", tcp("198.18.0.5", 40000, "198.18.0.2", 22), true},
@@ -356,11 +395,12 @@ func TestBackendUnavailable(t *testing.T) {
 		hostIPv6 string
 		wantErr  bool
 		wantFams int
+		wantV6   bool // v6err set: IPv6 stays open
 	}{
-		{"no iptables", missing, missing, "", true, 0},
-		{"no ip6tables, host has IPv6", nil, missing, "fe80::1%eth0", true, 0},
-		{"no ip6tables, no IPv6", nil, missing, "", false, 1},
-		{"both", nil, nil, "fe80::1%eth0", false, 2},
+		{"no iptables", missing, missing, "", true, 0, false},
+		{"no ip6tables, host has IPv6", nil, missing, "fe80::1%eth0", false, 1, true},
+		{"no ip6tables, no IPv6", nil, missing, "", false, 1, false},
+		{"both", nil, nil, "fe80::1%eth0", false, 2, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -375,7 +415,7 @@ func TestBackendUnavailable(t *testing.T) {
 				return refuseTables{t}, nil
 			}
 			p.hostIPv6 = func() (string, error) { return tc.hostIPv6, nil }
-			b, err := p.backend(true)
+			b, err := p.backend()
 			if tc.wantErr {
 				if !errors.Is(err, firewall.ErrUnavailable) {
 					t.Fatalf("error %v, want ErrUnavailable", err)
@@ -389,7 +429,31 @@ func TestBackendUnavailable(t *testing.T) {
 			if err != nil || len(b.tabs) != tc.wantFams {
 				t.Errorf("backend: %d families, error %v; want %d", len(b.tabs), err, tc.wantFams)
 			}
+			if (b.v6err != nil) != tc.wantV6 || (b.v6err != nil && !errors.Is(b.v6err, firewall.ErrUnavailable)) {
+				t.Errorf("v6err = %v, want set: %v (ErrUnavailable)", b.v6err, tc.wantV6)
+			}
 		})
+	}
+}
+
+// TestIsolateIPv6OnlyControllersWithoutIP6tables: with ip6tables broken on
+// a host with IPv6 and only IPv6 controllers, IPv4 cannot be isolated alone
+// (no policy would remain to read back): nothing is changed and the error
+// says neither family is contained.
+func TestIsolateIPv6OnlyControllersWithoutIP6tables(t *testing.T) {
+	p := New(Options{})
+	p.open = func(f family) (ipTables, error) {
+		if f == ipv6 {
+			return nil, errors.New("ip6tables: broken")
+		}
+		return refuseTables{t}, nil
+	}
+	p.hostIPv6 = func() (string, error) { return "fd00:c0de::2%eth0", nil }
+	pol := policy.Policy{Controllers: []policy.Endpoint{{Addr: netip.MustParseAddr("fd00:c0de::1"), Port: 7443}}}
+	_, err := p.Isolate(context.Background(), pol, "o")
+	if !errors.Is(err, firewall.ErrUnavailable) || errors.Is(err, firewall.ErrInvalidPolicy) ||
+		!strings.Contains(err.Error(), "neither IPv6 nor IPv4 is contained") {
+		t.Errorf("Isolate error %v, want ErrUnavailable saying neither family is contained", err)
 	}
 }
 

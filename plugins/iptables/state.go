@@ -6,6 +6,8 @@ import (
 	"maps"
 	"slices"
 	"strings"
+
+	"github.com/cordon-ir/cordon/pkg/policy"
 )
 
 // evaluation is what the live rules say about isolation.
@@ -15,6 +17,9 @@ type evaluation struct {
 	// gen is the generation the live rules are measured against: the one
 	// with the most pieces present.
 	gen string
+	// pol is the effective policy the rules of generation gen enforce, read
+	// back from them (reconstruct); zero when there is no generation.
+	pol policy.Policy
 	// problems lists what differs from a complete, sole generation gen;
 	// none means the host is isolated by it.
 	problems []string
@@ -63,6 +68,7 @@ func evaluate(live []liveFamily) evaluation {
 		ev.problems = append(ev.problems, fmt.Sprintf("several generations present: %s", strings.Join(gens, ", ")))
 	}
 	pol := reconstruct(live, ev.gen)
+	ev.pol = pol
 	var fams []family
 	for _, lf := range live {
 		fams = append(fams, lf.fam)
