@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -30,23 +31,6 @@ type operator struct {
 }
 
 func (o operator) actor() string { return o.name }
-
-// allowed says which roles may run an operation.
-var allowed = map[string][]string{
-	api.OpIsolate:          {api.RoleResponder},
-	api.OpRelease:          {api.RoleResponder},
-	api.OpOrder:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
-	api.OpOrderWait:        {api.RoleResponder, api.RoleForensic, api.RoleViewer},
-	api.OpOrders:           {api.RoleResponder, api.RoleForensic, api.RoleViewer},
-	api.OpHosts:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
-	api.OpSnapshots:        {api.RoleForensic},
-	api.OpSnapshotDownload: {api.RoleForensic},
-	api.OpEnrollCreate:     {},
-	api.OpOperatorAdd:      {},
-	api.OpOperatorRemove:   {},
-	api.OpAudit:            {api.RoleResponder, api.RoleForensic, api.RoleViewer},
-	api.OpWhoami:           {api.RoleResponder, api.RoleForensic, api.RoleViewer},
-}
 
 func (s *Server) serveOperator(ctx context.Context, sconn *ssh.ServerConn, chans <-chan ssh.NewChannel, reqs <-chan *ssh.Request) {
 	ext := sconn.Permissions.Extensions
@@ -90,42 +74,25 @@ func (s *Server) handleAPI(ctx context.Context, op operator, nc ssh.NewChannel) 
 		writeResponse(ch, nil, api.Errorf(api.CodeInvalid, "%v", err))
 		return
 	}
-	roles, known := allowed[req.Op]
+	spec, known := ops[req.Op]
 	if !known {
 		writeResponse(ch, nil, api.Errorf(api.CodeInvalid, "unknown operation %q", req.Op))
 		return
 	}
-	if op.role != api.RoleAdmin && !contains(roles, op.role) {
-		need := strings.Join(append(append([]string(nil), roles...), api.RoleAdmin), " or ")
-		msg := fmt.Sprintf("operator %s has role %s; %s needs role %s", op.name, op.role, opNames[req.Op], need)
+	if op.role != api.RoleAdmin && !slices.Contains(spec.roles, op.role) {
+		need := strings.Join(append(slices.Clone(spec.roles), api.RoleAdmin), " or ")
+		msg := fmt.Sprintf("operator %s has role %s; %s needs role %s", op.name, op.role, spec.name, need)
 		op.log.Warn("operation refused by role", "op", req.Op, "role", op.role)
 		s.auditRefusal(ctx, op, req.Op, msg)
 		writeResponse(ch, nil, api.Errorf(api.CodeForbidden, "%s", msg))
 		return
 	}
-	if req.Op == api.OpSnapshotDownload {
+	if spec.handle == nil {
 		s.download(ctx, op, req, ch)
 		return
 	}
-	result, err := s.call(ctx, op, req)
+	result, err := spec.handle(s, ctx, op, req.Args)
 	writeResponse(ch, result, err)
-}
-
-// opNames names operations as operators know them, for messages.
-var opNames = map[string]string{
-	api.OpIsolate:          "isolate host",
-	api.OpRelease:          "release host",
-	api.OpOrder:            "order",
-	api.OpOrderWait:        "order --wait",
-	api.OpOrders:           "orders",
-	api.OpHosts:            "hosts",
-	api.OpSnapshots:        "snapshots",
-	api.OpSnapshotDownload: "snapshot download",
-	api.OpEnrollCreate:     "enroll create",
-	api.OpOperatorAdd:      "operator add",
-	api.OpOperatorRemove:   "operator remove",
-	api.OpAudit:            "audit",
-	api.OpWhoami:           "operator whoami",
 }
 
 // auditRefusal records an operation refused for lack of role.
@@ -136,15 +103,6 @@ func (s *Server) auditRefusal(ctx context.Context, op operator, what, msg string
 	if err != nil {
 		op.log.Error("audit entry not recorded", "err", err)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func writeResponse(w io.Writer, result any, err error) error {
@@ -207,130 +165,116 @@ func isDiskFull(err error) bool {
 	return strings.Contains(m, "no space left") || strings.Contains(m, "database or disk is full") || strings.Contains(m, "SQLITE_FULL")
 }
 
-func (s *Server) call(ctx context.Context, op operator, req api.Request) (any, error) {
-	switch req.Op {
-	case api.OpIsolate:
-		var a api.IsolateArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
+// opSpec is one operation of the API: who may run it, what operators call
+// it, and its handler.
+type opSpec struct {
+	roles  []string // besides admin, which may run everything
+	name   string   // as the CLI says it, for messages
+	handle handler  // nil for snapshot.download, which streams
+}
+
+// handler decodes an operation's arguments and runs it.
+type handler func(s *Server, ctx context.Context, op operator, raw json.RawMessage) (any, error)
+
+// with adapts an operation taking typed arguments to a handler that decodes
+// them strictly first.
+func with[A any](f func(s *Server, ctx context.Context, op operator, a A) (any, error)) handler {
+	return func(s *Server, ctx context.Context, op operator, raw json.RawMessage) (any, error) {
+		var a A
+		if err := decodeArgs(raw, &a); err != nil {
 			return nil, err
 		}
-		return s.isolate(ctx, op, a)
-	case api.OpRelease:
-		var a api.ReleaseArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return s.release(ctx, op, a)
-	case api.OpOrder:
-		var a api.OrderArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return s.order(ctx, a.ID)
-	case api.OpOrderWait:
-		var a api.OrderWaitArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return s.orderWait(ctx, a)
-	case api.OpOrders:
-		var a api.OrdersArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		var orders []store.Order
-		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { orders, err = tx.Orders(a.Host, a.Limit); return })
-		if err != nil {
-			return nil, err
-		}
-		out := []api.Order{}
-		for _, o := range orders {
-			out = append(out, s.apiOrder(o))
-		}
-		return out, nil
-	case api.OpHosts:
-		var a api.HostsArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return s.hosts(ctx)
-	case api.OpSnapshots:
-		var a api.SnapshotsArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		var snaps []store.Snapshot
-		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { snaps, err = tx.Snapshots(a.Host); return })
-		if err != nil {
-			return nil, err
-		}
-		out := []api.Snapshot{}
-		for _, sn := range snaps {
-			out = append(out, apiSnapshot(sn))
-		}
-		return out, nil
-	case api.OpEnrollCreate:
-		var a api.EnrollArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		ttl := DefaultTokenTTL
-		if a.TTLSeconds != 0 {
-			ttl = time.Duration(a.TTLSeconds) * time.Second
-		}
-		if ttl < time.Minute || ttl > 30*24*time.Hour {
-			return nil, api.Errorf(api.CodeInvalid, "token lifetime %v out of range (1m to 720h)", ttl)
-		}
-		var tok api.EnrollToken
-		now := time.Now().UTC()
-		err := s.cfg.Store.Update(ctx, func(tx store.Tx) (err error) {
-			tok.Token, tok.ExpiresAt, err = MintToken(tx, op.name, ttl, now)
-			if err != nil {
-				return err
-			}
-			return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "enroll-token",
-				Detail: "one-time enrollment token created, expires " + tok.ExpiresAt.Format(time.RFC3339)})
-		})
-		if err != nil {
-			return nil, storeErr(err, "")
-		}
-		op.log.Info("enrollment token created", "expires_at", tok.ExpiresAt)
-		return tok, nil
-	case api.OpOperatorAdd:
-		var a api.OperatorAddArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return s.operatorAdd(ctx, op, a)
-	case api.OpOperatorRemove:
-		var a api.OperatorRemoveArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return s.operatorRemove(ctx, op, a.Name)
-	case api.OpAudit:
-		var a api.AuditArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		var entries []store.Audit
-		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { entries, err = tx.Audit(a.Host, a.Limit); return })
-		if err != nil {
-			return nil, err
-		}
-		out := []api.AuditEntry{}
-		for _, e := range entries {
-			out = append(out, api.AuditEntry{At: e.At, Actor: e.Actor, ActorKey: e.ActorKey, Action: e.Action, Host: e.Host, OrderID: e.OrderID, Detail: e.Detail})
-		}
-		return out, nil
-	case api.OpWhoami:
-		var a api.NoArgs
-		if err := decodeArgs(req.Args, &a); err != nil {
-			return nil, err
-		}
-		return api.Operator{Name: op.name, Role: op.role, Fingerprint: op.fp}, nil
+		return f(s, ctx, op, a)
 	}
-	return nil, api.Errorf(api.CodeInvalid, "unknown operation %q", req.Op)
+}
+
+var (
+	anyone    = []string{api.RoleResponder, api.RoleForensic, api.RoleViewer}
+	adminOnly = []string{}
+)
+
+var ops = map[string]opSpec{
+	api.OpIsolate:          {[]string{api.RoleResponder}, "isolate host", with((*Server).isolate)},
+	api.OpRelease:          {[]string{api.RoleResponder}, "release host", with((*Server).release)},
+	api.OpOrder:            {anyone, "order", with((*Server).order)},
+	api.OpOrderWait:        {anyone, "order --wait", with((*Server).orderWait)},
+	api.OpOrders:           {anyone, "orders", with((*Server).orders)},
+	api.OpHosts:            {anyone, "hosts", with((*Server).hosts)},
+	api.OpSnapshots:        {[]string{api.RoleForensic}, "snapshots", with((*Server).snapshots)},
+	api.OpSnapshotDownload: {[]string{api.RoleForensic}, "snapshot download", nil},
+	api.OpEnrollCreate:     {adminOnly, "enroll create", with((*Server).enrollCreate)},
+	api.OpOperatorAdd:      {adminOnly, "operator add", with((*Server).operatorAdd)},
+	api.OpOperatorRemove:   {adminOnly, "operator remove", with((*Server).operatorRemove)},
+	api.OpAudit:            {anyone, "audit", with((*Server).audit)},
+	api.OpWhoami:           {anyone, "operator whoami", with((*Server).whoami)},
+}
+
+func (s *Server) orders(ctx context.Context, _ operator, a api.OrdersArgs) (any, error) {
+	var orders []store.Order
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { orders, err = tx.Orders(a.Host, a.Limit); return })
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Order{}
+	for _, o := range orders {
+		out = append(out, s.apiOrder(o))
+	}
+	return out, nil
+}
+
+func (s *Server) snapshots(ctx context.Context, _ operator, a api.SnapshotsArgs) (any, error) {
+	var snaps []store.Snapshot
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { snaps, err = tx.Snapshots(a.Host); return })
+	if err != nil {
+		return nil, err
+	}
+	out := []api.Snapshot{}
+	for _, sn := range snaps {
+		out = append(out, apiSnapshot(sn))
+	}
+	return out, nil
+}
+
+func (s *Server) enrollCreate(ctx context.Context, op operator, a api.EnrollArgs) (any, error) {
+	ttl := DefaultTokenTTL
+	if a.TTLSeconds != 0 {
+		ttl = time.Duration(a.TTLSeconds) * time.Second
+	}
+	if ttl < time.Minute || ttl > 30*24*time.Hour {
+		return nil, api.Errorf(api.CodeInvalid, "token lifetime %v out of range (1m to 720h)", ttl)
+	}
+	var tok api.EnrollToken
+	now := time.Now().UTC()
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) (err error) {
+		tok.Token, tok.ExpiresAt, err = MintToken(tx, op.name, ttl, now)
+		if err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "enroll-token",
+			Detail: "one-time enrollment token created, expires " + tok.ExpiresAt.Format(time.RFC3339)})
+	})
+	if err != nil {
+		return nil, storeErr(err, "")
+	}
+	op.log.Info("enrollment token created", "expires_at", tok.ExpiresAt)
+	return tok, nil
+}
+
+func (s *Server) audit(ctx context.Context, _ operator, a api.AuditArgs) (any, error) {
+	var entries []store.Audit
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { entries, err = tx.Audit(a.Host, a.Limit); return })
+	if err != nil {
+		return nil, err
+	}
+	out := []api.AuditEntry{}
+	for _, e := range entries {
+		out = append(out, api.AuditEntry{At: e.At, Actor: e.Actor, ActorKey: e.ActorKey, Action: e.Action, Host: e.Host, OrderID: e.OrderID, Detail: e.Detail})
+	}
+	return out, nil
+}
+
+func (s *Server) whoami(_ context.Context, op operator, _ api.NoArgs) (any, error) {
+	return api.Operator{Name: op.name, Role: op.role, Fingerprint: op.fp}, nil
 }
 
 func checkText(field, s string, max int, required bool) error {
@@ -431,7 +375,11 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 	return out, nil
 }
 
-func (s *Server) order(ctx context.Context, id string) (api.Order, error) {
+func (s *Server) order(ctx context.Context, _ operator, a api.OrderArgs) (any, error) {
+	return s.loadOrder(ctx, a.ID)
+}
+
+func (s *Server) loadOrder(ctx context.Context, id string) (api.Order, error) {
 	var o store.Order
 	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(id); return })
 	if err != nil {
@@ -442,7 +390,7 @@ func (s *Server) order(ctx context.Context, id string) (api.Order, error) {
 
 // orderWait returns the order once its version exceeds a.After, or when the
 // timeout passes.
-func (s *Server) orderWait(ctx context.Context, a api.OrderWaitArgs) (api.Order, error) {
+func (s *Server) orderWait(ctx context.Context, _ operator, a api.OrderWaitArgs) (any, error) {
 	timeout := time.Duration(a.TimeoutMS) * time.Millisecond
 	if timeout <= 0 || timeout > time.Minute {
 		timeout = time.Minute
@@ -451,7 +399,7 @@ func (s *Server) orderWait(ctx context.Context, a api.OrderWaitArgs) (api.Order,
 	defer deadline.Stop()
 	for {
 		changed := s.changedCh()
-		o, err := s.order(ctx, a.ID)
+		o, err := s.loadOrder(ctx, a.ID)
 		if err != nil || o.Version > a.After || o.Terminal() && o.SnapshotStored {
 			return o, err
 		}
@@ -478,7 +426,7 @@ func apiSnapshot(s store.Snapshot) api.Snapshot {
 		ReceivedAt: s.ReceivedAt, AgentKey: s.AgentKey, FileName: s.FileName, Verified: s.Verified, VerifyError: s.VerifyError}
 }
 
-func (s *Server) hosts(ctx context.Context) ([]api.Host, error) {
+func (s *Server) hosts(ctx context.Context, _ operator, _ api.HostsArgs) (any, error) {
 	var hosts []store.Host
 	if err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { hosts, err = tx.Hosts(); return }); err != nil {
 		return nil, err
@@ -527,7 +475,8 @@ func (s *Server) operatorAdd(ctx context.Context, op operator, a api.OperatorAdd
 
 // operatorRemove revokes an operator key; its open connections end too.
 // The last admin cannot be removed.
-func (s *Server) operatorRemove(ctx context.Context, op operator, name string) (any, error) {
+func (s *Server) operatorRemove(ctx context.Context, op operator, a api.OperatorRemoveArgs) (any, error) {
+	name := a.Name
 	var gone store.Operator
 	now := time.Now().UTC()
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
