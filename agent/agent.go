@@ -150,14 +150,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		"controller", a.cfg.Controller, "plugin", a.cfg.Plugin.Name)
 	if st, err := a.fw.status(ctx, 10*time.Second); err != nil {
 		a.log.Error("firewall plugin not usable; orders will fail until it is", "err", err)
-	} else if st.Isolated {
-		a.log.Warn("host is isolated: Cordon's rules are in place from before this start", "digest", st.Digest)
-		a.setApplied(st.Policy, st.Policy != nil)
-	} else if st.Partial != "" {
-		a.log.Warn("remnants of Cordon's rules found", "partial", st.Partial)
-		a.setApplied(st.Policy, false)
 	} else {
-		a.setApplied(nil, true)
+		if st.Isolated {
+			a.log.Warn("host is isolated: Cordon's rules are in place from before this start", "digest", st.Digest)
+		} else if st.Partial != "" {
+			a.log.Warn("remnants of Cordon's rules found", "partial", st.Partial)
+		}
+		a.refreshApplied(ctx)
 	}
 	defer a.fw.close()
 

@@ -219,6 +219,7 @@ func (a *Agent) fail(ctx context.Context, l *slog.Logger, o wire.Order, snapNS i
 		msg += "; " + extra
 	}
 	fs := a.firewallState(ctx)
+	a.refreshApplied(ctx)
 	switch {
 	case fs.Error != "":
 		msg += "; the firewall state could not be read: " + fs.Error
@@ -261,6 +262,24 @@ func (a *Agent) release(ctx context.Context, l *slog.Logger, o wire.Order) {
 	a.setApplied(nil, true)
 	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageReleased, ApplyNS: applyNS, VerifyNS: verifyNS})
 	l.Info("host released and verified", "removed", n, "took", time.Since(t1).Round(time.Microsecond))
+}
+
+// refreshApplied reads back what Cordon's rules enforce after a failure,
+// which may have left some in place (IPv4 without IPv6, say): the agent must
+// then dial only what they allow.
+func (a *Agent) refreshApplied(ctx context.Context) {
+	st, err := a.fw.status(ctx, a.cfg.PluginTimeout)
+	if err != nil {
+		return
+	}
+	switch {
+	case st.Isolated:
+		a.setApplied(st.Policy, st.Policy != nil)
+	case st.Policy != nil || st.Partial != "":
+		a.setApplied(st.Policy, false)
+	default:
+		a.setApplied(nil, true)
+	}
 }
 
 // applied returns the policy this agent has in force (nil when the host is

@@ -141,17 +141,28 @@ func exchange(conn ssh.Conn, chanType string, timeout time.Duration, send func(s
 		return err
 	}
 	if !ack.OK {
+		if ack.Drop {
+			return &refusedError{ack.Error}
+		}
 		return fmt.Errorf("controller: %s", ack.Error)
 	}
 	return nil
 }
+
+// refusedError is an item the controller will never accept.
+type refusedError struct{ msg string }
+
+func (e *refusedError) Error() string { return "controller refused it for good: " + e.msg }
 
 func (o *outbox) sendReport(conn ssh.Conn) error {
 	o.mu.Lock()
 	r := o.reports[0]
 	o.mu.Unlock()
 	err := exchange(conn, wire.ChanReport, 30*time.Second, func(ch ssh.Channel) error { return wire.WriteFrame(ch, &r) })
-	if err != nil {
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		o.a.log.Error("report dropped: the controller will not take it", "order_id", r.OrderID, "stage", string(r.Stage), "err", err)
+	} else if err != nil {
 		return fmt.Errorf("report %s of order %s: %w", r.Stage, r.OrderID, err)
 	}
 	o.mu.Lock()
@@ -177,12 +188,18 @@ func (o *outbox) sendEvidence(conn ssh.Conn) error {
 		_, err := ch.Write(b.Data)
 		return err
 	})
-	if err != nil {
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		o.a.log.Error("evidence dropped: the controller will not take it", "snapshot_id", hdr.SnapshotID, "order_id", p.orderID, "err", err)
+	} else if err != nil {
 		return fmt.Errorf("evidence %s: %w", hdr.SnapshotID, err)
 	}
 	o.mu.Lock()
 	o.bundles = o.bundles[1:]
 	o.mu.Unlock()
+	if err != nil {
+		return nil
+	}
 	o.a.log.Info("evidence delivered", "snapshot_id", hdr.SnapshotID, "order_id", p.orderID, "size", hdr.Size,
 		"took", time.Since(t0).Round(time.Millisecond))
 	return nil

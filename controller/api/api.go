@@ -238,6 +238,9 @@ type Order struct {
 	SnapshotID     string `json:"snapshot_id,omitempty"`
 	SnapshotSHA256 string `json:"snapshot_sha256,omitempty"`
 	SnapshotStored bool   `json:"snapshot_stored"`
+	// SnapshotVerified: the stored bundle verified at receipt against the
+	// agent's enrolled key.
+	SnapshotVerified bool `json:"snapshot_verified"`
 	// Step durations reported by the agent, in nanoseconds.
 	SnapshotNS int64  `json:"snapshot_ns,omitempty"`
 	ApplyNS    int64  `json:"apply_ns,omitempty"`

@@ -72,3 +72,11 @@ func TestControllerInit(t *testing.T) {
 		t.Errorf("second init: exit %d, %q", code, stderr)
 	}
 }
+
+func TestCleanWriterStripsEscapes(t *testing.T) {
+	var b bytes.Buffer
+	cleanWriter{&b}.Write([]byte("ok\x1b[2J\u202ereversed\u0085 é\tnext\n"))
+	if got, want := b.String(), "ok?[2J?reversed? é\tnext\n"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}

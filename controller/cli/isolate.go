@@ -159,7 +159,11 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 			}
 		}
 		if o.SnapshotStored && !seen.SnapshotStored {
-			fmt.Fprintf(g.io.Out, "evidence stored at the controller: cordon snapshot download %s --out .\n", o.SnapshotID)
+			if o.SnapshotVerified {
+				fmt.Fprintf(g.io.Out, "evidence stored at the controller, verified against the agent's key: cordon snapshot download %s --out .\n", o.SnapshotID)
+			} else {
+				fmt.Fprintf(g.io.Out, "WARNING: evidence stored at the controller but it did NOT verify at receipt: see 'cordon snapshots --host %s'\n", o.Host)
+			}
 		}
 		seen = o
 	}

@@ -55,6 +55,7 @@ type globals struct {
 
 // NewRootCommand returns the cordon command tree writing to out and errw.
 func NewRootCommand(out, errw io.Writer) *cobra.Command {
+	out, errw = cleanWriter{out}, cleanWriter{errw}
 	g := &globals{io: IO{Out: out, Err: errw}}
 	root := &cobra.Command{
 		Use:   "cordon",
@@ -108,7 +109,7 @@ func Run(ctx context.Context, args []string, out, errw io.Writer) int {
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintln(errw, "cordon: "+err.Error())
+	fmt.Fprintln(cleanWriter{errw}, "cordon: "+err.Error())
 	var ee *ExitError
 	if errors.As(err, &ee) {
 		return ee.Code

@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 )
 
 // ErrMismatch is returned by Put when the data does not have the announced
@@ -34,6 +35,27 @@ func Open(root string) (*Dir, error) {
 		}
 	}
 	return &Dir{root: root}, nil
+}
+
+// ErrLowSpace is returned by CheckSpace when storing a bundle would eat into
+// the space kept free for the controller's database.
+var ErrLowSpace = errors.New("controller storage is low")
+
+// CheckSpace reports whether a bundle of size bytes fits while leaving a
+// reserve free on the file system (256 MiB, or a tenth of a small file
+// system): the database usually shares it, and a full database stops every
+// isolation, not just this upload. The source is statfs(2).
+func (d *Dir) CheckSpace(size int64) error {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(d.root, &st); err != nil {
+		return fmt.Errorf("evidence store: statfs: %w", err)
+	}
+	free := int64(st.Bavail) * int64(st.Bsize)
+	reserve := min(256<<20, int64(st.Blocks)*int64(st.Bsize)/10)
+	if free-size < reserve {
+		return fmt.Errorf("%w: %d bytes free, the bundle needs %d and %d stay free for the database", ErrLowSpace, free, size, reserve)
+	}
+	return nil
 }
 
 // Path returns where the bundle with this hex SHA-256 is (or would be) kept.

@@ -494,11 +494,11 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 	})
 	if err != nil {
 		a.log.Warn("report not recorded", "order_id", r.OrderID, "err", err)
-		msg := "controller could not record the report"
+		ack := wire.Ack{V: wire.Version, Error: "controller could not record the report"}
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, errForeignOrder) || errors.Is(err, errBadReport) {
-			msg = err.Error()
+			ack.Error, ack.Drop = err.Error(), true
 		}
-		wire.WriteFrame(ch, &wire.Ack{V: wire.Version, Error: msg})
+		wire.WriteFrame(ch, &ack)
 		return
 	}
 	wire.WriteFrame(ch, &wire.Ack{V: wire.Version, OK: true})
@@ -646,6 +646,7 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		ack := wire.Ack{V: wire.Version, OK: err == nil}
 		if err != nil {
 			ack.Error = err.Error()
+			ack.Drop = errors.Is(err, errUnexpectedEvidence)
 		}
 		wire.WriteFrame(ch, &ack)
 	}
@@ -658,14 +659,17 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 	}
 	stopHdr()
 	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID)
-	if hdr.OrderID != "" {
-		var o store.Order
-		err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(hdr.OrderID); return })
-		if err != nil || o.Host != a.name {
-			l.Warn("evidence refused: names an order that is not this host's")
-			reply(fmt.Errorf("order %s is not an order for %s", hdr.OrderID, a.name))
-			return
-		}
+	// Evidence comes only for an order that asked for it, one bundle per
+	// order: a host cannot fill the controller's disk on its own.
+	if err := s.expectEvidence(ctx, a, &hdr); err != nil {
+		l.Warn("evidence refused", "err", err)
+		reply(err)
+		return
+	}
+	if err := s.cfg.Evidence.CheckSpace(hdr.Size); err != nil {
+		l.Error("evidence not stored", "err", err)
+		reply(err)
+		return
 	}
 	stopTotal := closeAfter(ch, uploadIdle+time.Duration(hdr.Size/uploadMinRate)*time.Second)
 	defer stopTotal()
@@ -722,7 +726,7 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 				o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize = snap.ID, snap.SHA256, snap.Size
 			}
 			if o.SnapshotID == snap.ID && o.SnapshotSHA256 == snap.SHA256 {
-				o.SnapshotStored = true
+				o.SnapshotStored, o.SnapshotVerified = true, snap.Verified
 				if err := tx.PutOrder(o); err != nil {
 					return err
 				}
@@ -741,6 +745,31 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 	l.Info("evidence stored", "sha256", hdr.SHA256, "size", hdr.Size, "verified", verifyErr == "")
 }
 
+// errUnexpectedEvidence marks an upload the controller will never take.
+var errUnexpectedEvidence = errors.New("evidence not expected")
+
+// expectEvidence checks that an upload belongs to an isolate order of this
+// host that has no other bundle stored yet (a bundle sent again after a
+// lost acknowledgement is fine).
+func (s *Server) expectEvidence(ctx context.Context, a *agentConn, hdr *wire.EvidenceHeader) error {
+	if hdr.OrderID == "" {
+		return fmt.Errorf("%w: it names no order", errUnexpectedEvidence)
+	}
+	var o store.Order
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(hdr.OrderID); return })
+	switch {
+	case err != nil && !errors.Is(err, store.ErrNotFound):
+		return err
+	case err != nil || o.Host != a.name:
+		return fmt.Errorf("%w: order %s is not an order for %s", errUnexpectedEvidence, hdr.OrderID, a.name)
+	case o.Kind != string(wire.KindIsolate):
+		return fmt.Errorf("%w: order %s is a %s order, which takes no snapshot", errUnexpectedEvidence, o.ID, o.Kind)
+	case o.SnapshotStored && o.SnapshotID != hdr.SnapshotID:
+		return fmt.Errorf("%w: order %s already has its evidence (%s)", errUnexpectedEvidence, o.ID, o.SnapshotID)
+	}
+	return nil
+}
+
 // verifyStored checks a stored bundle offline (hashes, signature) with the
 // agent's enrolled key as the only trusted signer, within limits scaled to
 // the bundle's size so a hostile bundle cannot make the controller inflate
@@ -752,7 +781,7 @@ func (s *Server) verifyStored(a *agentConn, hdr *wire.EvidenceHeader) (*evidence
 		return nil, err
 	}
 	defer f.Close()
-	limit := max(64<<20, 64*hdr.Size)
+	limit := max(16<<20, 64*hdr.Size)
 	rep, err := evidence.Verify(f, evidence.VerifyOptions{TrustedKeys: []ssh.PublicKey{a.key}, MaxEntries: 10000,
 		MaxFileSize: limit, MaxTotalSize: limit})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -92,7 +93,15 @@ func (s *Server) handleAPI(ctx context.Context, op operator, nc ssh.NewChannel) 
 		return
 	}
 	result, err := spec.handle(s, ctx, op, req.Args)
+	var then func()
+	if ar, ok := result.(afterReply); ok {
+		result, then = ar.result, ar.then
+	}
 	writeResponse(ch, result, err)
+	if then != nil {
+		ch.CloseWrite()
+		then()
+	}
 }
 
 // auditRefusal records an operation refused for lack of role.
@@ -285,7 +294,7 @@ func checkText(field, s string, max int, required bool) error {
 		return api.Errorf(api.CodeInvalid, "%s is %d bytes, at most %d", field, len(s), max)
 	}
 	for _, r := range s {
-		if r < 0x20 && r != '\t' || r == 0x7f {
+		if wire.IsControl(r) {
 			return api.Errorf(api.CodeInvalid, "%s holds a control character", field)
 		}
 	}
@@ -302,16 +311,18 @@ func (s *Server) isolate(ctx context.Context, op operator, a api.IsolateArgs) (a
 	if err := checkText("incident", a.Incident, wire.MaxIncident, false); err != nil {
 		return nil, err
 	}
-	if len(a.Allow) > policy.MaxAllow {
-		return nil, api.Errorf(api.CodeInvalid, "%d allowlist entries, at most %d", len(a.Allow), policy.MaxAllow)
-	}
 	var allow []string
+	var prefixes []netip.Prefix
 	for _, c := range a.Allow {
 		p, err := policy.ParsePrefix(c)
 		if err != nil {
 			return nil, api.Errorf(api.CodeInvalid, "%v", err)
 		}
 		allow = append(allow, p.String())
+		prefixes = append(prefixes, p)
+	}
+	if err := policy.CheckAllow(prefixes); err != nil {
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	return s.newOrder(ctx, op, a.Host, wire.KindIsolate, a.Reason, a.Incident, allow)
 }
@@ -417,7 +428,7 @@ func (s *Server) apiOrder(o store.Order) api.Order {
 	return api.Order{ID: o.ID, Host: o.Host, Kind: o.Kind, Reason: o.Reason, Incident: o.Incident, Allow: o.Allow,
 		Operator: o.Operator, State: o.State, Error: o.Error, CreatedAt: o.CreatedAt, DeliveredAt: o.DeliveredAt,
 		DoneAt: o.DoneAt, Digest: o.Digest, HostOnline: s.online(o.Host), SnapshotID: o.SnapshotID,
-		SnapshotSHA256: o.SnapshotSHA256, SnapshotStored: o.SnapshotStored, SnapshotNS: o.SnapshotNS, ApplyNS: o.ApplyNS,
+		SnapshotSHA256: o.SnapshotSHA256, SnapshotStored: o.SnapshotStored, SnapshotVerified: o.SnapshotVerified, SnapshotNS: o.SnapshotNS, ApplyNS: o.ApplyNS,
 		VerifyNS: o.VerifyNS, FlowsCut: o.FlowsCut, Version: o.Version}
 }
 
@@ -509,9 +520,17 @@ func (s *Server) operatorRemove(ctx context.Context, op operator, a api.Operator
 	if err != nil {
 		return nil, storeErr(err, "")
 	}
-	s.dropOperator(gone.Fingerprint)
 	op.log.Info("operator removed", "removed", gone.Name, "removed_key", gone.Fingerprint)
-	return api.Operator{Name: gone.Name, Role: gone.Role, Fingerprint: gone.Fingerprint}, nil
+	// Close the removed key's connections once the answer is out: the
+	// operator may have removed their own key.
+	return afterReply{api.Operator{Name: gone.Name, Role: gone.Role, Fingerprint: gone.Fingerprint},
+		func() { s.dropOperator(gone.Fingerprint) }}, nil
+}
+
+// afterReply is a result with something to do once the reply is written.
+type afterReply struct {
+	result any
+	then   func()
 }
 
 // download streams a stored bundle after its metadata and records the

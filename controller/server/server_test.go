@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"net"
 	"path/filepath"
 	"strings"
@@ -30,6 +31,14 @@ type testServer struct {
 	st     store.Store
 	admin  ssh.Signer
 	viewer ssh.Signer
+}
+
+// testLog sends the server's log to the test's, shown when it fails.
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(p []byte) (int, error) {
+	l.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 func newKey(t *testing.T) ssh.Signer {
@@ -69,7 +78,7 @@ func startServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Store: st, Evidence: ev, HostKey: hostKey})
+	srv, err := New(Config{Store: st, Evidence: ev, HostKey: hostKey, Logger: slog.New(slog.NewTextHandler(testLog{t}, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,15 +331,21 @@ func TestEvidenceChecks(t *testing.T) {
 	var other api.Order
 	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &other)
 
+	args, _ = json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "test"})
+	var own api.Order
+	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &own)
+
 	body := []byte("not a bundle at all")
 	sum := sha256.Sum256(body)
-	hdr := wire.EvidenceHeader{V: wire.Version, SnapshotID: "snp-1", SHA256: hex.EncodeToString(sum[:]), Size: int64(len(body)), TakenAt: time.Now()}
+	hdr := wire.EvidenceHeader{V: wire.Version, SnapshotID: "snp-1", OrderID: own.ID, SHA256: hex.EncodeToString(sum[:]), Size: int64(len(body)), TakenAt: time.Now()}
 
-	// Evidence may not claim another host's order.
-	h := hdr
-	h.OrderID = other.ID
-	if ack := upload(t, a, h, body); ack.OK || !strings.Contains(ack.Error, "is not an order for pay-db-01") {
-		t.Errorf("upload naming another host's order: %+v", ack)
+	// Evidence must belong to one of the host's own orders, for good.
+	for name, orderID := range map[string]string{"another host's order": other.ID, "no order": "", "unknown order": "ord-x"} {
+		h := hdr
+		h.OrderID = orderID
+		if ack := upload(t, a, h, body); ack.OK || !ack.Drop || !strings.Contains(ack.Error, "evidence not expected") {
+			t.Errorf("upload naming %s: %+v", name, ack)
+		}
 	}
 	// A body that does not match its header is refused.
 	if ack := upload(t, a, hdr, []byte("something else entirely")); ack.OK || !strings.Contains(ack.Error, "does not match") {
@@ -344,6 +359,16 @@ func TestEvidenceChecks(t *testing.T) {
 	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpSnapshots}).Result, &snaps)
 	if len(snaps) != 1 || snaps[0].Verified || !strings.Contains(snaps[0].VerifyError, "gzip") {
 		t.Fatalf("snapshots = %+v, want one marked unverified", snaps)
+	}
+	// Sent again after a lost ack: fine. Another bundle for the same
+	// order: refused for good, so a host cannot fill the disk.
+	if ack := upload(t, a, hdr, body); !ack.OK {
+		t.Errorf("the same bundle sent again: %+v", ack)
+	}
+	h := hdr
+	h.SnapshotID = "snp-2"
+	if ack := upload(t, a, h, body); ack.OK || !ack.Drop || !strings.Contains(ack.Error, "already has its evidence") {
+		t.Errorf("a second bundle for one order: %+v", ack)
 	}
 }
 
@@ -360,6 +385,17 @@ func TestOperatorRemove(t *testing.T) {
 	}
 	if resp := rm("viewer"); resp.Error != nil {
 		t.Fatalf("remove viewer: %v", resp.Error)
+	}
+	// An admin removing their own key gets the answer before the door shuts.
+	other := newKey(t)
+	args, _ := json.Marshal(api.OperatorAddArgs{Name: "admin2", Role: api.RoleAdmin, PublicKey: sshkey.AuthorizedKey(other.PublicKey())})
+	if resp := call(t, admin, api.Request{V: wire.Version, Op: api.OpOperatorAdd, Args: args}); resp.Error != nil {
+		t.Fatal(resp.Error)
+	}
+	admin2 := ts.dial(t, "op", ssh.PublicKeys(other))
+	args, _ = json.Marshal(api.OperatorRemoveArgs{Name: "admin2"})
+	if resp := call(t, admin2, api.Request{V: wire.Version, Op: api.OpOperatorRemove, Args: args}); resp.Error != nil {
+		t.Errorf("removing one's own key: %v", resp.Error)
 	}
 	// Its open connection is closed, and it cannot come back.
 	done := make(chan error, 1)

@@ -94,6 +94,7 @@ CREATE TABLE orders (
 	snapshot_sha256 TEXT NOT NULL DEFAULT '',
 	snapshot_size   INTEGER NOT NULL DEFAULT 0,
 	snapshot_stored INTEGER NOT NULL DEFAULT 0,
+	snapshot_verified INTEGER NOT NULL DEFAULT 0,
 	snapshot_ns     INTEGER NOT NULL DEFAULT 0,
 	apply_ns        INTEGER NOT NULL DEFAULT 0,
 	verify_ns       INTEGER NOT NULL DEFAULT 0,
@@ -365,8 +366,8 @@ func (t *sqliteTx) PutHost(h Host) error {
 }
 
 const orderCols = `seq, id, host, kind, reason, incident, allow, operator, operator_key, state, error, created_at,
-	delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored, snapshot_ns, apply_ns,
-	verify_ns, flows_cut, version`
+	delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored, snapshot_verified,
+	snapshot_ns, apply_ns, verify_ns, flows_cut, version`
 
 func scanOrder(r scanner) (Order, error) {
 	var o Order
@@ -374,7 +375,7 @@ func scanOrder(r scanner) (Order, error) {
 	var created, delivered, done int64
 	err := r.Scan(&o.Seq, &o.ID, &o.Host, &o.Kind, &o.Reason, &o.Incident, &allow, &o.Operator, &o.OperatorKey,
 		&o.State, &o.Error, &created, &delivered, &done, &o.Digest, &o.SnapshotID, &o.SnapshotSHA256, &o.SnapshotSize,
-		&o.SnapshotStored, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version)
+		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version)
 	if err != nil {
 		return o, err
 	}
@@ -419,10 +420,10 @@ func (t *sqliteTx) Order(id string) (Order, error) {
 // PutOrder stores o and increments its version.
 func (t *sqliteTx) PutOrder(o Order) error {
 	res, err := t.tx.Exec(`UPDATE orders SET state=?, error=?, delivered_at=?, done_at=?, digest=?, snapshot_id=?,
-		snapshot_sha256=?, snapshot_size=?, snapshot_stored=?, snapshot_ns=?, apply_ns=?, verify_ns=?, flows_cut=?,
-		version = version + 1 WHERE id = ?`,
+		snapshot_sha256=?, snapshot_size=?, snapshot_stored=?, snapshot_verified=?, snapshot_ns=?, apply_ns=?, verify_ns=?,
+		flows_cut=?, version = version + 1 WHERE id = ?`,
 		o.State, o.Error, ns(o.DeliveredAt), ns(o.DoneAt), o.Digest, o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize,
-		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, o.ID)
+		o.SnapshotStored, o.SnapshotVerified, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, o.ID)
 	if err != nil {
 		return err
 	}

@@ -162,11 +162,13 @@ type Order struct {
 	SnapshotSHA256 string
 	SnapshotSize   int64
 	SnapshotStored bool
-	SnapshotNS     int64
-	ApplyNS        int64
-	VerifyNS       int64
-	FlowsCut       uint64
-	Version        int64
+	// SnapshotVerified: the stored bundle verified at receipt.
+	SnapshotVerified bool
+	SnapshotNS       int64
+	ApplyNS          int64
+	VerifyNS         int64
+	FlowsCut         uint64
+	Version          int64
 }
 
 // Snapshot is a stored evidence bundle.

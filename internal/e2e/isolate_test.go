@@ -46,15 +46,16 @@ func TestIsolateEndToEnd(t *testing.T) {
 			t.Fatalf("before isolation: %s cannot reach %s", p.from.Name, p.addr)
 		}
 	}
-	held := w.mustHold(w.Outside, hostV4+":8080")
-	if got := w.send(held, "before"); got != "echo before" {
-		t.Fatalf("held connection before isolation: %q", got)
-	}
 	// The host has a firewall of its own, which must come back exactly.
 	w.restoreHostRules()
 	before := w.rules(w.Host)
 	if !strings.Contains(before, "-A INPUT -p tcp -m tcp --dport 8080 -j ACCEPT") {
 		t.Fatalf("host rules not loaded:\n%s", before)
+	}
+	// An attacker's session, opened before isolation.
+	held := w.mustHold(w.Outside, hostV4+":8080")
+	if got := w.send(held, "before"); got != "echo before" {
+		t.Fatalf("held connection before isolation: %q", got)
 	}
 
 	w.startAgent(stage.AgentOptions{Token: w.Token})
@@ -66,8 +67,13 @@ func TestIsolateEndToEnd(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &ord); err != nil {
 		t.Fatalf("isolate -o json: %v\n%s", err, out)
 	}
-	if ord.State != "done" || ord.Digest == "" || ord.SnapshotID == "" || !ord.SnapshotStored {
-		t.Fatalf("isolate order not done with stored evidence: %+v", ord)
+	if ord.State != "done" || ord.Digest == "" || ord.SnapshotID == "" || !ord.SnapshotStored || !ord.SnapshotVerified {
+		t.Fatalf("isolate order not done with stored, verified evidence: %+v", ord)
+	}
+	// The host tracked the outside's session (its own rules accept
+	// established flows): isolation must have cut it from conntrack.
+	if ord.FlowsCut == 0 {
+		t.Errorf("isolation cut no tracked flow; the held session was tracked")
 	}
 	t.Logf("order issued -> isolation verified: %v (snapshot %v, apply %v, verify %v)",
 		ord.DoneAt.Sub(ord.CreatedAt), ord.SnapshotNS, ord.ApplyNS, ord.VerifyNS)

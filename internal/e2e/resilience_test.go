@@ -130,7 +130,7 @@ func TestControllerDiskFull(t *testing.T) {
 		return o.State == "done"
 	})
 	w.eventually(10*time.Second, "the full disk is reported", func() bool {
-		return strings.Contains(w.CtlLog.String(), "no space left on device") &&
+		return strings.Contains(w.CtlLog.String(), "controller storage is low") &&
 			strings.Contains(w.AgentLog.String(), "will retry")
 	})
 	if o := w.orderState(ord.ID); o.SnapshotStored {
@@ -268,10 +268,12 @@ func TestControllerByNameWhileIsolated(t *testing.T) {
 	w.startAgent(stage.AgentOptions{Token: w.Token, Controller: "ctl.cordon.test:7443"})
 	w.waitOnline()
 	w.mustCordon("isolate", "host", hostName, "--reason", "by name", "--wait")
-	// The name no longer resolves (same file, so the bind mount sees it).
+	// The name no longer resolves (same file, so the bind mount sees it);
+	// Go's resolver reads /etc/hosts again after 5 s.
 	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(6 * time.Second)
 
 	w.StopController()
 	w.eventually(15*time.Second, "agent notices the controller is gone", func() bool {

@@ -366,8 +366,10 @@ func Restore(h *netlab.Host, cmd, rules string) error {
 }
 
 // HostRulesV4 and HostRulesV6 are a card-data host's own firewall: an
-// accepting default, its own chain and a dropping FORWARD, as a hand-made
-// firewall might have. Release must leave them exactly as they were.
+// accepting default, the usual accept of established flows (so connections
+// are tracked before isolation, and isolation must cut them from
+// conntrack), its own chain and a dropping FORWARD, as a hand-made firewall
+// might have. Release must leave them exactly as they were.
 const (
 	HostRulesV4 = `*filter
 :INPUT ACCEPT [0:0]
@@ -375,6 +377,7 @@ const (
 :OUTPUT ACCEPT [0:0]
 :APP-IN - [0:0]
 -A INPUT -i lo -j ACCEPT
+-A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
 -A INPUT -j APP-IN
 -A APP-IN -p tcp -m tcp --dport 8080 -j ACCEPT
 -A APP-IN -s 198.18.0.0/24 -p tcp -m tcp --dport 22 -j ACCEPT

@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net/netip"
 	"slices"
 )
@@ -82,6 +83,9 @@ func (p Policy) Validate() error {
 			return fmt.Errorf("policy: %w", err)
 		}
 	}
+	if err := checkCoverage(p.Allow); err != nil {
+		return fmt.Errorf("policy: %w", err)
+	}
 	return nil
 }
 
@@ -137,13 +141,58 @@ const (
 	MinAllowBits6 = 32
 )
 
+// nat64 is the well-known NAT64 prefix (RFC 6052): an IPv6 host reaches all
+// of IPv4 through it, so entries inside it are IPv4 entries in disguise.
+var nat64 = netip.MustParsePrefix("64:ff9b::/96")
+
 func checkWidth(p netip.Prefix) error {
 	min := MinAllowBits6
-	if p.Addr().Unmap().Is4() {
+	switch {
+	case p.Addr().Unmap().Is4():
 		min = MinAllowBits4
+	case p.Overlaps(nat64) && p.Bits() < nat64.Bits():
+		return fmt.Errorf("allowlist entry %s covers the NAT64 prefix %s, through which all of IPv4 is reachable: that would be no isolation", p, nat64)
+	case p.Overlaps(nat64):
+		min = nat64.Bits() + MinAllowBits4
 	}
 	if p.Bits() < min {
 		return fmt.Errorf("allowlist entry %s is wider than /%d: that would be no isolation", p, min)
+	}
+	return nil
+}
+
+// CheckAllow checks an allowlist as a whole, as Validate does: at most
+// MaxAllow entries that together cover no more than one /8 of IPv4 or one
+// /32 of IPv6. Each entry should come from ParsePrefix.
+func CheckAllow(allow []netip.Prefix) error {
+	if len(allow) > MaxAllow {
+		return fmt.Errorf("%d allowlist entries, at most %d", len(allow), MaxAllow)
+	}
+	return checkCoverage(allow)
+}
+
+// checkCoverage refuses allowlists whose entries together cover more than
+// one /8 of IPv4 or one /32 of IPv6 (NAT64 counted as IPv4): many narrow
+// entries can be as open as one wide one. Overlapping entries count twice,
+// which errs on the side of refusing.
+func checkCoverage(allow []netip.Prefix) error {
+	var v4, v6 float64
+	for _, a := range allow {
+		a = netip.PrefixFrom(a.Addr().Unmap(), a.Bits()-unmapBits(a))
+		switch {
+		case a.Addr().Is4():
+			v4 += math.Ldexp(1, 32-a.Bits())
+		case a.Overlaps(nat64):
+			v4 += math.Ldexp(1, 128-a.Bits())
+		default:
+			v6 += math.Ldexp(1, 128-a.Bits())
+		}
+	}
+	if v4 > math.Ldexp(1, 32-MinAllowBits4) {
+		return fmt.Errorf("the allowlist entries together cover more IPv4 addresses than one /%d: that would be no isolation", MinAllowBits4)
+	}
+	if v6 > math.Ldexp(1, 128-MinAllowBits6) {
+		return fmt.Errorf("the allowlist entries together cover more IPv6 addresses than one /%d: that would be no isolation", MinAllowBits6)
 	}
 	return nil
 }

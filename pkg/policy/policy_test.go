@@ -41,6 +41,11 @@ func TestValidate(t *testing.T) {
 		"unspecified":      {Policy{Controllers: []Endpoint{{netip.MustParseAddr("0.0.0.0"), 1}}}, "not a usable IP"},
 		"allow all v4":     {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}}, "no isolation"},
 		"allow all v6":     {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("::/0")}}, "no isolation"},
+		"half of v4":       {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/1")}}, "no isolation"},
+		"mapped all v4":    {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("::ffff:0:0/96")}}, "no isolation"},
+		"nat64 all v4":     {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("64:ff9b::/96")}}, "no isolation"},
+		"many /8":          {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("11.0.0.0/8")}}, "together cover"},
+		"one /8 is fine":   {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/32")}}, ""},
 		"invalid allow":    {Policy{Controllers: ctl, Allow: []netip.Prefix{{}}}, "not a valid CIDR"},
 		"zoned controller": {Policy{Controllers: []Endpoint{{netip.MustParseAddr("fe80::1%eth0"), 1}}}, "zone"},
 	} {
@@ -67,7 +72,7 @@ func TestParsePrefix(t *testing.T) {
 			t.Errorf("ParsePrefix(%q) = %v, %v; want %s", in, got, err, want)
 		}
 	}
-	for _, in := range []string{"10.0.0.1/8", "pay-db-01", "10.0.0.0/33", "fe80::1%eth0", "0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1", "::ffff:0:0/96", "2000::/3"} {
+	for _, in := range []string{"10.0.0.1/8", "pay-db-01", "10.0.0.0/33", "fe80::1%eth0", "0.0.0.0/0", "::/0", "0.0.0.0/1", "128.0.0.0/1", "::/1", "8000::/1", "::ffff:0:0/96", "2000::/3", "64:ff9b::/96", "64:ff9b::/100"} {
 		if _, err := ParsePrefix(in); err == nil {
 			t.Errorf("ParsePrefix(%q) accepted", in)
 		}

@@ -174,7 +174,25 @@ func (r *Report) Validate() error {
 	if err := checkText("digest", r.Digest, 128, false); err != nil {
 		return err
 	}
+	if r.Firewall != nil {
+		if err := r.Firewall.validate(); err != nil {
+			return err
+		}
+	}
 	return checkText("error", r.Error, MaxError, false)
+}
+
+func (f *FirewallState) validate() error {
+	for _, x := range []struct {
+		name, v string
+		max     int
+	}{{"firewall.plugin", f.Plugin, 64}, {"firewall.version", f.Version, 64}, {"firewall.digest", f.Digest, 128},
+		{"firewall.partial", f.Partial, MaxError}, {"firewall.error", f.Error, MaxError}} {
+		if err := checkText(x.name, x.v, x.max, false); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (s *SnapshotRef) validate() error {
@@ -201,11 +219,14 @@ type FirewallState struct {
 	Error    string `json:"error,omitempty"`
 }
 
-// Ack answers a Report or an evidence upload.
+// Ack answers a Report or an evidence upload. Drop, with an error, means
+// the controller will never accept what was sent, so the agent should not
+// send it again.
 type Ack struct {
 	V     int    `json:"v"`
 	OK    bool   `json:"ok"`
 	Error string `json:"error,omitempty"`
+	Drop  bool   `json:"drop,omitempty"`
 }
 
 // Validate checks a.
@@ -279,10 +300,13 @@ func (h *Hello) Validate() error {
 	for _, f := range []struct {
 		name, v string
 		max     int
-	}{{"agent_version", h.AgentVersion, 64}, {"hostname", h.Hostname, 255}, {"machine_id", h.MachineID, 64}, {"boot_id", h.BootID, 64}, {"firewall.plugin", h.Firewall.Plugin, 64}, {"firewall.digest", h.Firewall.Digest, 128}, {"firewall.error", h.Firewall.Error, MaxError}, {"firewall.partial", h.Firewall.Partial, MaxError}} {
+	}{{"agent_version", h.AgentVersion, 64}, {"hostname", h.Hostname, 255}, {"machine_id", h.MachineID, 64}, {"boot_id", h.BootID, 64}} {
 		if err := checkText(f.name, f.v, f.max, false); err != nil {
 			return err
 		}
+	}
+	if err := h.Firewall.validate(); err != nil {
+		return err
 	}
 	if len(h.Orders) > 1024 {
 		return fmt.Errorf("%d order ids, at most 1024", len(h.Orders))

@@ -158,9 +158,25 @@ func checkText(field, s string, max int, required bool) error {
 		return fmt.Errorf("%s is %d bytes, at most %d", field, len(s), max)
 	}
 	for _, r := range s {
-		if r < 0x20 && r != '\t' || r == 0x7f {
+		if IsControl(r) {
 			return fmt.Errorf("%s holds a control character", field)
 		}
 	}
 	return nil
+}
+
+// IsControl reports whether r is a character that must not reach an
+// operator's terminal from untrusted text: C0 and C1 controls (escape
+// sequences) but tab, and Unicode bidirectional overrides, which can make
+// text read other than it is.
+func IsControl(r rune) bool {
+	switch {
+	case r == '\t':
+		return false
+	case r < 0x20, r >= 0x7f && r < 0xa0:
+		return true
+	case r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069, r == 0x200e, r == 0x200f:
+		return true
+	}
+	return false
 }
