@@ -118,12 +118,7 @@ func ipIn(t *testing.T, h *netlab.Host, args ...string) {
 // (the agent's reply to the order, its keepalive), then retransmitted. A
 // new connection to the controller works too.
 func TestControllerSessionSurvives(t *testing.T) {
-	if labtest.IsChild(t) {
-		sessionInNamespace(t)
-		return
-	}
-	host, env := newLab(t)
-	labtest.RunChild(t, host, env...)
+	inNamespace(t, sessionInNamespace)
 }
 
 func sessionInNamespace(t *testing.T) {

@@ -838,3 +838,15 @@ func (pp *peerProc) send(t *testing.T, tag, line string) {
 	t.Helper()
 	pp.writeLine(t, tag+" "+line)
 }
+
+// inNamespace runs child in a copy of the test binary inside the host
+// namespace of a new lab (see labtest.RunChild).
+func inNamespace(t *testing.T, child func(*testing.T)) {
+	t.Helper()
+	if labtest.IsChild(t) {
+		child(t)
+		return
+	}
+	host, env := newLab(t)
+	labtest.RunChild(t, host, env...)
+}

@@ -352,12 +352,7 @@ func echoOn(t *testing.T, c net.Conn, msg, what string) {
 // that Status calls it partial, and that Release brings the ruleset back to
 // what it was; then that Isolate over such leftovers ends isolated.
 func TestReleaseCrashLeftovers(t *testing.T) {
-	if labtest.IsChild(t) {
-		leftoversInNamespace(t)
-		return
-	}
-	host, env := newLab(t)
-	labtest.RunChild(t, host, env...)
+	inNamespace(t, leftoversInNamespace)
 }
 
 func leftoversInNamespace(t *testing.T) {
@@ -499,12 +494,7 @@ func leftoversInNamespace(t *testing.T) {
 // was: from no isolation, from an earlier generation (a swap), and from a
 // damaged generation of the same policy (a repair).
 func TestIsolateRollback(t *testing.T) {
-	if labtest.IsChild(t) {
-		rollbackInNamespace(t)
-		return
-	}
-	host, env := newLab(t)
-	labtest.RunChild(t, host, env...)
+	inNamespace(t, rollbackInNamespace)
 }
 
 func rollbackInNamespace(t *testing.T) {
@@ -702,12 +692,7 @@ func ruleTextInNamespace(t *testing.T) {
 // Release undoes it; no ip6tables on a host without IPv6 isolates IPv4 only,
 // without error.
 func TestUnavailable(t *testing.T) {
-	if labtest.IsChild(t) {
-		unavailableInNamespace(t)
-		return
-	}
-	host, env := newLab(t)
-	labtest.RunChild(t, host, env...)
+	inNamespace(t, unavailableInNamespace)
 }
 
 func unavailableInNamespace(t *testing.T) {
