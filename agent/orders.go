@@ -90,6 +90,10 @@ func (a *Agent) execute(ctx context.Context, o wire.Order) {
 		a.isolate(ctx, l, o)
 	case wire.KindRelease:
 		a.release(ctx, l, o)
+	case wire.KindSnapshot:
+		if snapNS, err := a.capture(ctx, l, o); err != nil {
+			a.fail(ctx, l, o, snapNS, err, "")
+		}
 	}
 }
 
@@ -101,34 +105,14 @@ func (a *Agent) report(r wire.Report) {
 // isolate: snapshot first (RFC 3227 order of volatility), then isolate,
 // then verify by reading the rules back (DESIGN.md §3).
 func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
-	// 1. Evidence, in memory.
+	// 1. Evidence, in memory. Containment comes first: isolate even
+	// without evidence.
 	t0 := time.Now()
-	snapID := newID("snp")
-	// The snapshot has a time budget: a /proc read stuck on a hung file
-	// system must not hold containment back.
-	sctx, cancel := context.WithTimeout(ctx, snapshotBudget)
-	bundle, err := snapshot.Take(sctx, snapshot.Request{
-		SnapshotID: snapID, OrderID: o.ID, Incident: o.Incident, Reason: o.Reason,
-		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe,
-	})
-	cancel()
-	snapNS := time.Since(t0).Nanoseconds()
+	snapNS, err := a.capture(ctx, l, o)
 	evidenceErr := ""
 	if err != nil {
-		// Containment comes first: isolate even without evidence.
-		evidenceErr = "evidence capture failed: " + err.Error()
+		evidenceErr = err.Error()
 		l.Error("snapshot failed; isolating anyway", "err", err)
-	} else {
-		ref := &wire.SnapshotRef{ID: snapID, SHA256: bundle.SHA256, Size: int64(len(bundle.Data))}
-		for _, art := range bundle.Manifest.Artifacts {
-			if len(art.Errors) > 0 {
-				ref.Errors++
-			}
-		}
-		a.outbox.addEvidence(o.ID, bundle)
-		a.report(wire.Report{OrderID: o.ID, Stage: wire.StageSnapshot, Snapshot: ref, SnapshotNS: snapNS})
-		l.Info("snapshot taken", "snapshot_id", snapID, "sha256", bundle.SHA256, "size", len(bundle.Data),
-			"took", time.Duration(snapNS).Round(time.Microsecond))
 	}
 
 	// 2. Isolate. The controller endpoints come from the order, plus the
@@ -176,6 +160,36 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	l.Info("host isolated and verified", "digest", applied.Digest, "rules", len(applied.Rules), "flows_cut", applied.FlowsCut,
 		"apply", time.Duration(applyNS).Round(time.Microsecond), "verify", time.Duration(verifyNS).Round(time.Microsecond),
 		"since_received", time.Since(t0).Round(time.Microsecond))
+}
+
+// capture takes a snapshot for an order, queues the bundle for upload and
+// reports it. It returns how long the snapshot took.
+func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int64, error) {
+	t0 := time.Now()
+	snapID := newID("snp")
+	// The snapshot has a time budget: a /proc read stuck on a hung file
+	// system must not hold containment back.
+	sctx, cancel := context.WithTimeout(ctx, snapshotBudget)
+	bundle, err := snapshot.Take(sctx, snapshot.Request{
+		SnapshotID: snapID, OrderID: o.ID, Incident: o.Incident, Reason: o.Reason,
+		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe,
+	})
+	cancel()
+	snapNS := time.Since(t0).Nanoseconds()
+	if err != nil {
+		return snapNS, fmt.Errorf("evidence capture failed: %w", err)
+	}
+	ref := &wire.SnapshotRef{ID: snapID, SHA256: bundle.SHA256, Size: int64(len(bundle.Data))}
+	for _, art := range bundle.Manifest.Artifacts {
+		if len(art.Errors) > 0 {
+			ref.Errors++
+		}
+	}
+	a.outbox.addEvidence(o.ID, bundle)
+	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageSnapshot, Snapshot: ref, SnapshotNS: snapNS})
+	l.Info("snapshot taken", "snapshot_id", snapID, "sha256", bundle.SHA256, "size", len(bundle.Data),
+		"took", time.Duration(snapNS).Round(time.Microsecond), "artifacts_with_errors", ref.Errors)
+	return snapNS, nil
 }
 
 // recover puts the host back as it was before a failed isolation. A plugin

@@ -25,7 +25,9 @@ const (
 	OpOrders           = "orders"            // OrdersArgs → []Order
 	OpHosts            = "hosts"             // HostsArgs → []Host
 	OpSnapshots        = "snapshots"         // SnapshotsArgs → []Snapshot (role forensic)
-	OpSnapshotDownload = "snapshot.download" // SnapshotArgs → Snapshot, then the bytes (role forensic)
+	OpSnapshotDownload = "snapshot.download" // SnapshotArgs → Snapshot with Receipt, then the bytes (role forensic)
+	OpSnapshotTake     = "snapshot.take"     // SnapshotTakeArgs → Order (role responder or forensic)
+	OpSnapshotCustody  = "snapshot.custody"  // SnapshotArgs → []CustodyEntry (role forensic)
 	OpEnrollCreate     = "enroll.create"     // EnrollArgs → EnrollToken (role admin)
 	OpOperatorAdd      = "operator.add"      // OperatorAddArgs → Operator (role admin)
 	OpOperatorRemove   = "operator.remove"   // OperatorRemoveArgs → Operator (role admin)
@@ -133,6 +135,13 @@ type IsolateArgs struct {
 
 // ReleaseArgs asks for a host to be released.
 type ReleaseArgs struct {
+	Host     string `json:"host"`
+	Reason   string `json:"reason"`
+	Incident string `json:"incident,omitempty"`
+}
+
+// SnapshotTakeArgs asks for a snapshot without isolation.
+type SnapshotTakeArgs struct {
 	Host     string `json:"host"`
 	Reason   string `json:"reason"`
 	Incident string `json:"incident,omitempty"`
@@ -268,6 +277,19 @@ type Snapshot struct {
 	// agent's enrolled key; VerifyError says why not.
 	Verified    bool   `json:"verified"`
 	VerifyError string `json:"verify_error,omitempty"`
+	// Receipt is the controller's signed receipt file (evidence.ReceiptFile
+	// as JSON); only snapshot.download fills it in.
+	Receipt string `json:"receipt,omitempty"`
+}
+
+// CustodyEntry is one event in a snapshot's chain of custody.
+type CustodyEntry struct {
+	At       time.Time `json:"at"`
+	Event    string    `json:"event"` // received, downloaded
+	Actor    string    `json:"actor"`
+	ActorKey string    `json:"actor_key,omitempty"`
+	SHA256   string    `json:"sha256"`
+	Detail   string    `json:"detail,omitempty"`
 }
 
 // EnrollToken is a one-time agent enrollment token.

@@ -91,9 +91,14 @@ func runOrder(ctx context.Context, g *globals, op, host string, o *orderOptions)
 		return err
 	}
 	defer c.Close()
-	var args any = api.ReleaseArgs{Host: host, Reason: o.reason, Incident: o.incident}
-	if op == api.OpIsolate {
+	var args any
+	switch op {
+	case api.OpIsolate:
 		args = api.IsolateArgs{Host: host, Reason: o.reason, Incident: o.incident, Allow: o.allow}
+	case api.OpRelease:
+		args = api.ReleaseArgs{Host: host, Reason: o.reason, Incident: o.incident}
+	default:
+		args = api.SnapshotTakeArgs{Host: host, Reason: o.reason, Incident: o.incident}
 	}
 	var ord api.Order
 	if err := c.Call(ctx, op, args, &ord); err != nil {
@@ -148,6 +153,8 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 					"(fix the cause and isolate again, or cancel with 'cordon release host %s')\n", o.Host)
 			case o.State == "failed":
 				fmt.Fprintf(g.io.Out, "FAILED: %s\n", o.Error)
+			case o.Kind == "snapshot":
+				fmt.Fprintf(g.io.Out, "snapshot taken (the host is not isolated), %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
 			case o.Kind == api.OpIsolate:
 				fmt.Fprintf(g.io.Out, "isolated: rules verified on the host (digest %s), %v after issue\n", short(o.Digest),
 					o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))

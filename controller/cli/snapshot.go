@@ -2,8 +2,11 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -67,25 +70,73 @@ func newSnapshotCmd(g *globals) *cobra.Command {
 	download.Flags().StringVar(&out, "out", "", "file to write, or a directory to write the bundle's own file name into")
 	download.MarkFlagRequired("out")
 
-	var keyFile string
+	var keyFile, receiptFile string
+	var noReceipt bool
 	verify := &cobra.Command{
 		Use:   "verify PATH",
 		Short: "Check a bundle offline: every artifact's SHA-256 and the agent's signature",
-		Long: `Check an evidence bundle offline: the manifest's SSH signature (namespace
-cordon-evidence) and the size and SHA-256 of every artifact it lists. Exit
-status 0 only when all hold; otherwise the first thing that does not is named.
+		Long: `Check an evidence bundle offline: the controller's signed receipt for it, the
+manifest's SSH signature (namespace cordon-evidence) and the size and SHA-256
+of every artifact it lists. Exit status 0 only when all hold; otherwise the
+first thing that does not is named.
 
-Give --agent-key with the host's enrolled key (a .pub file, or its SHA256:…
-fingerprint from 'cordon hosts' or 'cordon snapshots -o json'): without it,
-the signature is only checked against the key the manifest itself names,
-which anyone can replace, and a warning says so.`,
+'cordon snapshot download' writes the receipt next to the bundle
+(PATH.receipt.json). It is signed with the controller's host key, checked
+against --controller-fingerprint (or CORDON_CONTROLLER_FINGERPRINT), and names
+the bundle's SHA-256 and the enrolled agent key that sent it, which then must
+have signed the manifest. Without a receipt, give --agent-key with the host's
+enrolled key (a .pub file, or its SHA256:… fingerprint from 'cordon hosts');
+without either, the signature is only checked against the key the manifest
+itself names, which anyone can replace, and a warning says so.`,
 		Args: exactArgs(1, "a bundle path"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			return runSnapshotVerify(g, args[0], keyFile)
+			return runSnapshotVerify(g, args[0], keyFile, receiptFile, noReceipt)
 		},
 	}
+	verify.Flags().StringVar(&receiptFile, "receipt", "", "the controller's receipt `file` (default: PATH"+evidence.ReceiptSuffix+", if it exists)")
+	verify.Flags().BoolVar(&noReceipt, "no-receipt", false, "do not check the controller's receipt")
 	verify.Flags().StringVar(&keyFile, "agent-key", "", "accept only a signature by this agent key: a public key `file` (authorized_keys format) or its fingerprint SHA256:…")
-	cmd.AddCommand(download, verify)
+	take := &cobra.Command{
+		Use:   "take",
+		Short: "Take a snapshot without isolating",
+	}
+	o := &orderOptions{}
+	takeHost := &cobra.Command{
+		Use:   "host NAME --reason TEXT [--incident ID] [--wait]",
+		Short: "Capture a host's volatile state as signed evidence, without isolating it: triage before deciding (role responder or forensic)",
+		Args:  exactArgs(1, "a host name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runOrder(cmd.Context(), g, api.OpSnapshotTake, args[0], o)
+		},
+	}
+	f := takeHost.Flags()
+	f.StringVar(&o.reason, "reason", "", "why the snapshot is taken (required)")
+	f.StringVar(&o.incident, "incident", "", "incident `id` the order belongs to")
+	f.BoolVar(&o.wait, "wait", false, "wait until the snapshot is stored at the controller")
+	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
+	takeHost.MarkFlagRequired("reason")
+	take.AddCommand(takeHost)
+
+	custody := &cobra.Command{
+		Use:   "custody ID",
+		Short: "Show a snapshot's chain of custody: received from which agent key, downloaded by whom and when (role forensic)",
+		Args:  exactArgs(1, "a snapshot id"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var entries []api.CustodyEntry
+			if err := g.call(cmd.Context(), api.OpSnapshotCustody, api.SnapshotArgs{ID: args[0]}, &entries); err != nil {
+				return err
+			}
+			if g.json() {
+				return g.printJSON(entries)
+			}
+			tw := g.table("TIME (UTC)\tEVENT\tBY\tKEY\tSHA256\tDETAIL")
+			for _, e := range entries {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", e.At.Format("2006-01-02 15:04:05.000"), e.Event, e.Actor, dash(e.ActorKey), short(e.SHA256), e.Detail)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.AddCommand(take, download, verify, custody)
 	return cmd
 }
 
@@ -144,14 +195,24 @@ func runSnapshotDownload(ctx context.Context, g *globals, id, out string) error 
 	if err := os.Rename(tmp.Name(), dst); err != nil {
 		return err
 	}
+	if snap.Receipt != "" {
+		if err := os.WriteFile(dst+evidence.ReceiptSuffix, []byte(snap.Receipt+"\n"), 0o444); err != nil {
+			return fmt.Errorf("write the controller's receipt: %w", err)
+		}
+	}
 	if g.json() {
 		return g.printJSON(struct {
 			api.Snapshot
 			Path string `json:"path"`
 		}{snap, dst})
 	}
-	fmt.Fprintf(g.io.Out, "snapshot %s of %s (taken %s) written to %s\n  %s, sha256 %s (matches the controller's record)\n  check it: cordon snapshot verify %s --agent-key %s\n",
-		snap.ID, snap.Host, snap.TakenAt.Format(time.RFC3339), dst, humanBytes(snap.Size), snap.SHA256, dst, snap.AgentKey)
+	fmt.Fprintf(g.io.Out, "snapshot %s of %s (taken %s) written to %s\n  %s, sha256 %s (matches the controller's record)\n",
+		snap.ID, snap.Host, snap.TakenAt.Format(time.RFC3339), dst, humanBytes(snap.Size), snap.SHA256)
+	if snap.Receipt != "" {
+		fmt.Fprintf(g.io.Out, "  the controller's signed receipt: %s\n  check both: cordon snapshot verify %s\n", dst+evidence.ReceiptSuffix, dst)
+	} else {
+		fmt.Fprintf(g.io.Out, "  check it: cordon snapshot verify %s --agent-key %s\n", dst, snap.AgentKey)
+	}
 	return nil
 }
 
@@ -162,15 +223,21 @@ type VerifyResult struct {
 	Error      string `json:"error,omitempty"`
 	ErrorPath  string `json:"error_path,omitempty"`
 	SnapshotID string `json:"snapshot_id,omitempty"`
-	// SignerTrusted is true when the signer was checked against --agent-key.
-	SignerTrusted bool      `json:"signer_trusted"`
-	Host          string    `json:"host,omitempty"`
-	Signer        string    `json:"signer,omitempty"`
-	Files         int       `json:"files"`
-	TakenAt       time.Time `json:"taken_at,omitzero"`
+	// SignerTrusted is true when the signer was checked against --agent-key
+	// or the controller's receipt.
+	SignerTrusted bool `json:"signer_trusted"`
+	// Receipt is the receipt file checked, if any; ReceivedAt and Controller
+	// come from it.
+	Receipt    string    `json:"receipt,omitempty"`
+	ReceivedAt time.Time `json:"received_at,omitzero"`
+	Controller string    `json:"controller_key,omitempty"`
+	Host       string    `json:"host,omitempty"`
+	Signer     string    `json:"signer,omitempty"`
+	Files      int       `json:"files"`
+	TakenAt    time.Time `json:"taken_at,omitzero"`
 }
 
-func runSnapshotVerify(g *globals, path, agentKey string) error {
+func runSnapshotVerify(g *globals, path, agentKey, receiptPath string, noReceipt bool) error {
 	if err := g.checkOutput(); err != nil {
 		return err
 	}
@@ -188,17 +255,66 @@ func runSnapshotVerify(g *globals, path, agentKey string) error {
 		opts.TrustedKeys = []ssh.PublicKey{k}
 		wantFP = sshkey.Fingerprint(k)
 	}
+	// The controller's receipt, next to the bundle unless named.
+	var rec *evidence.Receipt
+	var recErr error
+	if !noReceipt {
+		explicit := receiptPath != ""
+		if !explicit {
+			receiptPath = path + evidence.ReceiptSuffix
+		}
+		b, err := os.ReadFile(receiptPath)
+		switch {
+		case err != nil && (explicit || !errors.Is(err, os.ErrNotExist)):
+			return fmt.Errorf("receipt: %w", err)
+		case err != nil:
+			receiptPath = ""
+		case g.fingerprint == "":
+			return usageErr("%s is the controller's receipt for this bundle: give --controller-fingerprint (or CORDON_CONTROLLER_FINGERPRINT) to check it, or --no-receipt", receiptPath)
+		default:
+			rec, recErr = evidence.OpenReceipt(b, g.fingerprint)
+			if recErr == nil && wantFP == "" {
+				// The controller vouches for the agent key it received
+				// the bundle from.
+				k, err := sshkey.ParseAuthorizedKey(rec.AgentKey)
+				if err != nil {
+					recErr = fmt.Errorf("%w: agent key: %v", evidence.ErrReceipt, err)
+				} else {
+					opts.TrustedKeys, wantFP = []ssh.PublicKey{k}, rec.AgentKeyFingerprint
+				}
+			}
+		}
+	} else {
+		receiptPath = ""
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	rep, verr := evidence.Verify(f, opts)
-	if verr == nil && wantFP != "" && rep.SignerFingerprint != wantFP {
-		verr = &evidence.VerifyError{Path: evidence.SignaturePath,
-			Reason: fmt.Sprintf("signed by %s, not by the trusted agent key %s", rep.SignerFingerprint, wantFP)}
+	h := sha256.New()
+	tee := io.TeeReader(f, h)
+	var rep *evidence.Report
+	var verr error
+	if recErr != nil {
+		verr = &evidence.VerifyError{Path: filepath.Base(receiptPath), Reason: recErr.Error()}
+	} else {
+		rep, verr = evidence.Verify(tee, opts)
 	}
-	res := VerifyResult{Path: path, OK: verr == nil}
+	if verr == nil {
+		io.Copy(io.Discard, tee)
+		sum := hex.EncodeToString(h.Sum(nil))
+		switch {
+		case wantFP != "" && rep.SignerFingerprint != wantFP:
+			verr = &evidence.VerifyError{Path: evidence.SignaturePath,
+				Reason: fmt.Sprintf("signed by %s, not by the trusted agent key %s", rep.SignerFingerprint, wantFP)}
+		case rec != nil:
+			if err := rec.Check(sum, rep); err != nil {
+				verr = &evidence.VerifyError{Path: filepath.Base(receiptPath), Reason: err.Error()}
+			}
+		}
+	}
+	res := VerifyResult{Path: path, OK: verr == nil, Receipt: receiptPath}
 	if verr != nil {
 		res.Error = verr.Error()
 		var ve *evidence.VerifyError
@@ -209,6 +325,9 @@ func runSnapshotVerify(g *globals, path, agentKey string) error {
 		res.SnapshotID, res.Host, res.Signer, res.Files, res.TakenAt = rep.Manifest.SnapshotID, rep.Manifest.Host.Name,
 			rep.SignerFingerprint, rep.Files, rep.Manifest.StartedAt
 		res.SignerTrusted = wantFP != ""
+		if rec != nil {
+			res.ReceivedAt, res.Controller = rec.ReceivedAt, rec.ControllerKeyFingerprint
+		}
 	}
 	if g.json() {
 		if err := g.printJSON(res); err != nil {
@@ -217,13 +336,19 @@ func runSnapshotVerify(g *globals, path, agentKey string) error {
 	} else if verr == nil {
 		m := rep.Manifest
 		fmt.Fprintf(g.io.Out, "OK: %s\n  snapshot %s of host %s, taken %s\n", path, m.SnapshotID, m.Host.Name, m.StartedAt.Format(time.RFC3339Nano))
-		if res.SignerTrusted {
+		switch {
+		case rec != nil:
+			fmt.Fprintf(g.io.Out, "  receipt: signed by the controller %s: received %s from the agent key %s\n",
+				rec.ControllerKeyFingerprint, rec.ReceivedAt.Format(time.RFC3339Nano), rec.AgentKeyFingerprint)
+			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by that agent key\n", evidence.Namespace)
+		case res.SignerTrusted:
 			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by the trusted agent key %s\n", evidence.Namespace, rep.SignerFingerprint)
-		} else {
+		default:
 			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by the key the manifest names, %s\n"+
 				"  WARNING: that key was not checked against a trusted one; anyone can sign with a key of their own.\n"+
-				"           Pass --agent-key with the host's enrolled key (its fingerprint is in 'cordon hosts' and\n"+
-				"           'cordon snapshots -o json', field agent_key).\n", evidence.Namespace, rep.SignerFingerprint)
+				"           Keep the controller's receipt (%s) next to the bundle and give --controller-fingerprint,\n"+
+				"           or pass --agent-key with the host's enrolled key ('cordon hosts').\n", evidence.Namespace, rep.SignerFingerprint,
+				filepath.Base(path)+evidence.ReceiptSuffix)
 		}
 		fmt.Fprintf(g.io.Out, "  artifacts: %d files, every size and SHA-256 matches the manifest\n", rep.Files)
 		for _, a := range m.Artifacts {

@@ -524,7 +524,9 @@ func stageFits(kind string, st wire.Stage) bool {
 	switch st {
 	case wire.StageFailed:
 		return true
-	case wire.StageSnapshot, wire.StageIsolated:
+	case wire.StageSnapshot:
+		return kind == string(wire.KindIsolate) || kind == string(wire.KindSnapshot)
+	case wire.StageIsolated:
 		return kind == string(wire.KindIsolate)
 	case wire.StageReleased:
 		return kind == string(wire.KindRelease)
@@ -562,8 +564,13 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 			audit.Action = "snapshot"
 			audit.Detail = fmt.Sprintf("snapshot %s taken in %v, sha256 %s, %d bytes", r.Snapshot.ID, time.Duration(r.SnapshotNS), r.Snapshot.SHA256, r.Snapshot.Size)
 			if sn, err := tx.Snapshot(r.Snapshot.ID); err == nil && sn.Host == host && sn.SHA256 == r.Snapshot.SHA256 {
-				o.SnapshotStored = true
+				o.SnapshotStored, o.SnapshotVerified = true, sn.Verified
 			}
+		}
+		// A snapshot order is done once its snapshot is taken; the upload
+		// follows.
+		if o.Kind == string(wire.KindSnapshot) && o.State != store.OrderDone {
+			o.State, o.DoneAt = store.OrderDone, now
 		}
 	case wire.StageIsolated, wire.StageReleased, wire.StageFailed:
 		if o.State == store.OrderDone || o.State == store.OrderFailed {
@@ -694,10 +701,18 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		detail = fmt.Sprintf("verified at receipt: signature by the enrolled agent key %s, %d files", rep.SignerFingerprint, rep.Files)
 	}
 	now := time.Now().UTC()
+	receipt, err := evidence.SignReceipt(evidence.Receipt{SnapshotID: hdr.SnapshotID, OrderID: hdr.OrderID, Host: a.name,
+		BundleSHA256: hdr.SHA256, BundleSize: hdr.Size, ReceivedAt: now, AgentKey: sshkey.AuthorizedKey(a.key),
+		AgentKeyFingerprint: a.fp, Verified: verifyErr == "", VerifyError: verifyErr}, s.cfg.HostKey)
+	if err != nil {
+		l.Error("receipt not signed", "err", err)
+		reply(fmt.Errorf("controller could not sign a receipt: %v", err))
+		return
+	}
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		snap := store.Snapshot{ID: hdr.SnapshotID, SHA256: hdr.SHA256, Size: hdr.Size, Host: a.name, OrderID: hdr.OrderID,
 			TakenAt: hdr.TakenAt.UTC(), ReceivedAt: now, AgentKey: a.fp, FileName: evidence.FileName(a.name, hdr.TakenAt, hdr.SnapshotID),
-			Verified: verifyErr == "", VerifyError: verifyErr}
+			Verified: verifyErr == "", VerifyError: verifyErr, Receipt: string(receipt)}
 		if err := tx.AddSnapshot(snap); err != nil {
 			if !errors.Is(err, store.ErrExists) {
 				return err
@@ -762,7 +777,7 @@ func (s *Server) expectEvidence(ctx context.Context, a *agentConn, hdr *wire.Evi
 		return err
 	case err != nil || o.Host != a.name:
 		return fmt.Errorf("%w: order %s is not an order for %s", errUnexpectedEvidence, hdr.OrderID, a.name)
-	case o.Kind != string(wire.KindIsolate):
+	case o.Kind == string(wire.KindRelease):
 		return fmt.Errorf("%w: order %s is a %s order, which takes no snapshot", errUnexpectedEvidence, o.ID, o.Kind)
 	case o.SnapshotStored && o.SnapshotID != hdr.SnapshotID:
 		return fmt.Errorf("%w: order %s already has its evidence (%s)", errUnexpectedEvidence, o.ID, o.SnapshotID)

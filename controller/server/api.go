@@ -211,6 +211,8 @@ var ops = map[string]opSpec{
 	api.OpHosts:            {anyone, "hosts", with((*Server).hosts)},
 	api.OpSnapshots:        {[]string{api.RoleForensic}, "snapshots", with((*Server).snapshots)},
 	api.OpSnapshotDownload: {[]string{api.RoleForensic}, "snapshot download", nil},
+	api.OpSnapshotTake:     {[]string{api.RoleResponder, api.RoleForensic}, "snapshot take", with((*Server).snapshotTake)},
+	api.OpSnapshotCustody:  {[]string{api.RoleForensic}, "snapshot custody", with((*Server).custody)},
 	api.OpEnrollCreate:     {adminOnly, "enroll create", with((*Server).enrollCreate)},
 	api.OpOperatorAdd:      {adminOnly, "operator add", with((*Server).operatorAdd)},
 	api.OpOperatorRemove:   {adminOnly, "operator remove", with((*Server).operatorRemove)},
@@ -240,6 +242,39 @@ func (s *Server) snapshots(ctx context.Context, _ operator, a api.SnapshotsArgs)
 	out := []api.Snapshot{}
 	for _, sn := range snaps {
 		out = append(out, apiSnapshot(sn))
+	}
+	return out, nil
+}
+
+func (s *Server) snapshotTake(ctx context.Context, op operator, a api.SnapshotTakeArgs) (any, error) {
+	if !wire.ValidHostName(a.Host) {
+		return nil, api.Errorf(api.CodeInvalid, "host name %q is not valid", a.Host)
+	}
+	if err := checkText("reason", a.Reason, wire.MaxReason, true); err != nil {
+		return nil, err
+	}
+	if err := checkText("incident", a.Incident, wire.MaxIncident, false); err != nil {
+		return nil, err
+	}
+	return s.newOrder(ctx, op, a.Host, wire.KindSnapshot, a.Reason, a.Incident, nil)
+}
+
+func (s *Server) custody(ctx context.Context, _ operator, a api.SnapshotArgs) (any, error) {
+	var cs []store.Custody
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		if _, err := tx.Snapshot(a.ID); err != nil {
+			return err
+		}
+		var err error
+		cs, err = tx.Custody(a.ID)
+		return err
+	})
+	if err != nil {
+		return nil, storeErr(err, fmt.Sprintf("unknown snapshot %q ('cordon snapshots' lists them)", a.ID))
+	}
+	out := []api.CustodyEntry{}
+	for _, c := range cs {
+		out = append(out, api.CustodyEntry{At: c.At, Event: c.Event, Actor: c.Actor, ActorKey: c.ActorKey, SHA256: c.SHA256, Detail: c.Detail})
 	}
 	return out, nil
 }
@@ -357,21 +392,25 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 		if err := tx.AddOrder(o); err != nil {
 			return err
 		}
-		h.LastOrder, h.StateSince, h.StateReason = o.ID, now, ""
 		detail := "reason: " + reason
 		if incident != "" {
 			detail += "; incident: " + incident
 		}
-		if kind == wire.KindIsolate {
-			h.State, h.Desired, h.IsolateOrder = store.StateIsolating, store.StateIsolated, o.ID
-			if len(allow) > 0 {
-				detail += "; allow: " + strings.Join(allow, ", ")
-			}
-		} else {
-			h.State, h.Desired, h.IsolateOrder = store.StateReleasing, store.StateReleased, ""
+		if len(allow) > 0 {
+			detail += "; allow: " + strings.Join(allow, ", ")
 		}
-		if err := tx.PutHost(h); err != nil {
-			return err
+		// An isolate or release order sets the host's desired state; a
+		// snapshot order (triage) leaves the host's state alone.
+		if kind != wire.KindSnapshot {
+			h.LastOrder, h.StateSince, h.StateReason = o.ID, now, ""
+			if kind == wire.KindIsolate {
+				h.State, h.Desired, h.IsolateOrder = store.StateIsolating, store.StateIsolated, o.ID
+			} else {
+				h.State, h.Desired, h.IsolateOrder = store.StateReleasing, store.StateReleased, ""
+			}
+			if err := tx.PutHost(h); err != nil {
+				return err
+			}
 		}
 		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: string(kind), Host: host, OrderID: o.ID, Detail: detail})
 	})
@@ -554,7 +593,9 @@ func (s *Server) download(ctx context.Context, op operator, req api.Request, ch 
 		return
 	}
 	defer f.Close()
-	if err := writeResponse(ch, apiSnapshot(snap), nil); err != nil {
+	out := apiSnapshot(snap)
+	out.Receipt = snap.Receipt
+	if err := writeResponse(ch, out, nil); err != nil {
 		return
 	}
 	n, err := io.Copy(ch, f)

@@ -113,7 +113,8 @@ CREATE TABLE snapshots (
 	agent_key   TEXT NOT NULL,
 	file_name   TEXT NOT NULL,
 	verified    INTEGER NOT NULL DEFAULT 0,
-	verify_error TEXT NOT NULL DEFAULT ''
+	verify_error TEXT NOT NULL DEFAULT '',
+	receipt     TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX snapshots_host ON snapshots(host);
 CREATE TABLE custody (
@@ -461,19 +462,19 @@ func (t *sqliteTx) PendingOrders(host string) ([]Order, error) {
 	return t.queryOrders(`SELECT `+orderCols+` FROM orders WHERE host = ? AND state = ? ORDER BY seq`, host, OrderPending)
 }
 
-const snapCols = `id, sha256, size, host, order_id, taken_at, received_at, agent_key, file_name, verified, verify_error`
+const snapCols = `id, sha256, size, host, order_id, taken_at, received_at, agent_key, file_name, verified, verify_error, receipt`
 
 func scanSnapshot(r scanner) (Snapshot, error) {
 	var s Snapshot
 	var taken, received int64
-	err := r.Scan(&s.ID, &s.SHA256, &s.Size, &s.Host, &s.OrderID, &taken, &received, &s.AgentKey, &s.FileName, &s.Verified, &s.VerifyError)
+	err := r.Scan(&s.ID, &s.SHA256, &s.Size, &s.Host, &s.OrderID, &taken, &received, &s.AgentKey, &s.FileName, &s.Verified, &s.VerifyError, &s.Receipt)
 	s.TakenAt, s.ReceivedAt = fromNS(taken), fromNS(received)
 	return s, err
 }
 
 func (t *sqliteTx) AddSnapshot(s Snapshot) error {
-	_, err := t.tx.Exec(`INSERT INTO snapshots(`+snapCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?)`,
-		s.ID, s.SHA256, s.Size, s.Host, s.OrderID, ns(s.TakenAt), ns(s.ReceivedAt), s.AgentKey, s.FileName, s.Verified, s.VerifyError)
+	_, err := t.tx.Exec(`INSERT INTO snapshots(`+snapCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)`,
+		s.ID, s.SHA256, s.Size, s.Host, s.OrderID, ns(s.TakenAt), ns(s.ReceivedAt), s.AgentKey, s.FileName, s.Verified, s.VerifyError, s.Receipt)
 	if isUnique(err) {
 		return fmt.Errorf("snapshot %s: %w", s.ID, ErrExists)
 	}

@@ -186,6 +186,9 @@ type Snapshot struct {
 	// agent's enrolled key; VerifyError says why not.
 	Verified    bool
 	VerifyError string
+	// Receipt is the controller's signed receipt file (evidence.ReceiptFile
+	// as JSON).
+	Receipt string
 }
 
 // Custody is one event in a snapshot's chain of custody.

@@ -13,8 +13,9 @@ type OrderKind string
 
 // Order kinds.
 const (
-	KindIsolate OrderKind = "isolate" // snapshot, then isolate (DESIGN.md §3)
-	KindRelease OrderKind = "release" // remove Cordon's rules
+	KindIsolate  OrderKind = "isolate"  // snapshot, then isolate (DESIGN.md §3)
+	KindRelease  OrderKind = "release"  // remove Cordon's rules
+	KindSnapshot OrderKind = "snapshot" // snapshot only, no isolation (triage)
 )
 
 // Limits on free-text fields.
@@ -69,9 +70,9 @@ func (o *Order) Validate() error {
 			return errors.New("an isolate order needs a policy")
 		}
 		return o.Policy.Validate()
-	case KindRelease:
+	case KindRelease, KindSnapshot:
 		if o.Policy != nil {
-			return errors.New("a release order takes no policy")
+			return fmt.Errorf("a %s order takes no policy", o.Kind)
 		}
 		return nil
 	default:
@@ -103,7 +104,8 @@ func (a *OrderAck) Validate() error {
 type Stage string
 
 // Stages an agent reports, in order. An isolate order reports snapshot, then
-// isolated or failed; a release order reports released or failed.
+// isolated or failed; a release order reports released or failed; a snapshot
+// order reports snapshot (which completes it) or failed.
 const (
 	StageSnapshot Stage = "snapshot" // evidence captured in memory, upload queued
 	StageIsolated Stage = "isolated" // rules applied and verified

@@ -156,7 +156,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 
 	t.Run("SnapshotsAndCustody", func(t *testing.T) {
 		s := open(t)
-		snap := store.Snapshot{ID: "s1", SHA256: "ab", Size: 10, Host: host.Name, TakenAt: now, ReceivedAt: now, AgentKey: "SHA256:aaa", FileName: "f.tar.gz", Verified: false, VerifyError: "not gzip"}
+		snap := store.Snapshot{ID: "s1", SHA256: "ab", Size: 10, Host: host.Name, TakenAt: now, ReceivedAt: now, AgentKey: "SHA256:aaa", FileName: "f.tar.gz", Verified: false, VerifyError: "not gzip", Receipt: `{"receipt":"{}"}`}
 		mustUpdate(t, s, func(tx store.Tx) error {
 			if err := tx.AddSnapshot(snap); err != nil {
 				return err
