@@ -1,5 +1,8 @@
 # Cordon: make build | make test | make demo | make bench
 GO      ?= go
+# Static binaries: nothing to install on a card-data host but the binary
+# (and go-landlock's psx then uses the Go runtime, not libpsx).
+export CGO_ENABLED = 0
 BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cordon-ir/cordon/controller/server.Version=$(VERSION) -X github.com/cordon-ir/cordon/agent.Version=$(VERSION)

@@ -71,6 +71,12 @@ type Config struct {
 	PluginTimeout time.Duration
 	// MaxBackoff caps the wait between reconnection attempts. 0 means 30 s.
 	MaxBackoff time.Duration
+	// Sandbox says how the agent is kept from writing to disk (see
+	// RestrictWrites), for the evidence manifest.
+	Sandbox string
+	// Collector, when set, takes the snapshots in a process outside the
+	// sandbox (see StartCollector); otherwise the agent takes them itself.
+	Collector *Collector
 }
 
 // Agent is a running cordon-agent.
@@ -378,16 +384,17 @@ func (a *Agent) firewallState(ctx context.Context) wire.FirewallState {
 	fs := wire.FirewallState{Plugin: a.cfg.Plugin.Name}
 	info, err := a.fw.info(ctx, 5*time.Second)
 	if err != nil {
-		fs.Error = err.Error()
+		fs.Error = wire.CleanText(err.Error(), wire.MaxError)
 		return fs
 	}
 	fs.Plugin, fs.Version = info.Name, info.Version
 	st, err := a.fw.status(ctx, 10*time.Second)
 	if err != nil {
-		fs.Error = err.Error()
+		fs.Error = wire.CleanText(err.Error(), wire.MaxError)
 		return fs
 	}
-	fs.Isolated, fs.Digest, fs.Partial = st.Isolated, st.Digest, st.Partial
+	fs.Isolated, fs.Digest, fs.Partial = st.Isolated, wire.CleanText(st.Digest, 128), wire.CleanText(st.Partial, wire.MaxError)
+	fs.Plugin, fs.Version = wire.CleanText(fs.Plugin, 64), wire.CleanText(fs.Version, 64)
 	return fs
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/crypto/ssh"
 
+	"github.com/cordon-ir/cordon/pkg/evidence"
 	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/snapshot"
@@ -97,8 +98,12 @@ func (a *Agent) execute(ctx context.Context, o wire.Order) {
 	}
 }
 
+// report queues a report. Free text is cleaned so that it always passes
+// the controller's strict decoding: error messages may span lines.
 func (a *Agent) report(r wire.Report) {
 	r.V, r.At = wire.Version, time.Now().UTC()
+	r.Error = wire.CleanText(r.Error, wire.MaxError)
+	r.Digest = wire.CleanText(r.Digest, 128)
 	a.outbox.addReport(r)
 }
 
@@ -170,7 +175,7 @@ func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int6
 	// The snapshot has a time budget: a /proc read stuck on a hung file
 	// system must not hold containment back.
 	sctx, cancel := context.WithTimeout(ctx, snapshotBudget)
-	bundle, err := snapshot.Take(sctx, snapshot.Request{
+	bundle, err := a.takeSnapshot(sctx, l, snapshot.Request{
 		SnapshotID: snapID, OrderID: o.ID, Incident: o.Incident, Reason: o.Reason,
 		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe,
 	})
@@ -190,6 +195,37 @@ func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int6
 	l.Info("snapshot taken", "snapshot_id", snapID, "sha256", bundle.SHA256, "size", len(bundle.Data),
 		"took", time.Duration(snapNS).Round(time.Microsecond), "artifacts_with_errors", ref.Errors)
 	return snapNS, nil
+}
+
+// takeSnapshot has the collector process take the snapshot, or takes it in
+// this process when there is no collector (or it has died, in which case
+// what the sandbox hides from this process is missing, and the artifacts'
+// errors say so).
+func (a *Agent) takeSnapshot(ctx context.Context, l *slog.Logger, req snapshot.Request) (*evidence.Bundle, error) {
+	if a.cfg.Collector == nil {
+		return snapshot.Take(ctx, req)
+	}
+	cr := CollectRequest{SnapshotID: req.SnapshotID, OrderID: req.OrderID, Incident: req.Incident, Reason: req.Reason,
+		HostName: req.HostName, AgentVersion: req.AgentVersion}
+	if dl, ok := ctx.Deadline(); ok {
+		cr.BudgetMS = time.Until(dl).Milliseconds()
+	}
+	// The collector has no network: measure the controller's clock here.
+	pctx, cancel := context.WithTimeout(ctx, snapshot.ClockProbeBudget)
+	off, err := a.clockProbe(pctx)
+	cancel()
+	if err != nil {
+		cr.ClockOffsetError = err.Error()
+	} else {
+		ns := off.Nanoseconds()
+		cr.ClockOffsetNS = &ns
+	}
+	b, err := a.cfg.Collector.Take(ctx, cr)
+	if errors.Is(err, ErrCollectorGone) {
+		l.Error("snapshot collector lost; taking the snapshot inside the sandbox, where other processes' fd, exe and namespaces cannot be read", "err", err)
+		return snapshot.Take(ctx, req)
+	}
+	return b, err
 }
 
 // recover puts the host back as it was before a failed isolation. A plugin
@@ -244,7 +280,7 @@ func (a *Agent) fail(ctx context.Context, l *slog.Logger, o wire.Order, snapNS i
 	default:
 		msg += "; the host's firewall now: no Cordon rules"
 	}
-	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageFailed, Error: truncate(msg, wire.MaxError), Firewall: &fs, SnapshotNS: snapNS})
+	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageFailed, Error: msg, Firewall: &fs, SnapshotNS: snapNS})
 	l.Error("order failed", "err", msg, "firewall_isolated", fs.Isolated, "firewall_partial", fs.Partial)
 }
 
@@ -351,13 +387,6 @@ func (a *Agent) clockProbe(ctx context.Context) (time.Duration, error) {
 func beUint64(b []byte) uint64 {
 	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
 		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
-}
-
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	return s[:n-3] + "..."
 }
 
 // newID returns a sortable, readable id such as

@@ -180,6 +180,22 @@ the command line override the file.`,
 	f.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "how often to check the controller answers; one unanswered interval drops and redials the connection")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	var collectorKey string
+	collectorCmd := &cobra.Command{
+		Use:    "collector --key FILE",
+		Short:  "Internal: the snapshot collector process the agent starts",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			signer, err := sshkey.Load(collectorKey)
+			if err != nil {
+				return err
+			}
+			return agent.RunCollector(os.Stdin, os.Stdout, signer)
+		},
+	}
+	collectorCmd.Flags().StringVar(&collectorKey, "key", "", "agent key file")
+	cmd.AddCommand(collectorCmd)
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -273,6 +289,21 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
 		return fmt.Errorf("runtime directory: %w", err)
 	}
+	// The snapshot collector keeps the read access the sandbox would take
+	// away (other processes' /proc/PID/fd, exe, ns); it has no network and
+	// writes nothing. Then, from here on, Landlock holds the agent, its
+	// plugin and every firewall command to writing in the runtime
+	// directory only.
+	collector, err := agent.StartCollector(cfg.Key)
+	if err != nil {
+		return err
+	}
+	defer collector.Close()
+	sandbox, err := agent.RestrictWrites(cfg.RuntimeDir)
+	if err != nil {
+		return err
+	}
+	log.Info("file system writes restricted", "sandbox", sandbox)
 	a, err := agent.New(agent.Config{
 		Controller:  cfg.Controller,
 		Fingerprint: cfg.ControllerFingerprint,
@@ -289,6 +320,8 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		Allow:             allow,
 		Logger:            log,
 		KeepaliveInterval: cfg.Keepalive,
+		Sandbox:           sandbox,
+		Collector:         collector,
 	})
 	if err != nil {
 		return err

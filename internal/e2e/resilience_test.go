@@ -17,14 +17,17 @@ import (
 // slowIptables puts an iptables in front of the real one whose first call
 // to create a chain waits for delay, so an isolation is still under way
 // when the test acts on the controller.
-func slowIptables(t *testing.T, delay string) []string {
+//
+// Its marker file lives in markDir, which must be the agent's runtime
+// directory: Landlock lets nothing the agent starts write anywhere else.
+func slowIptables(t *testing.T, delay, markDir string) []string {
 	t.Helper()
 	dir := t.TempDir()
 	real, err := exec.LookPath("iptables")
 	if err != nil {
 		t.Fatal(err)
 	}
-	marker := filepath.Join(dir, "slowed")
+	marker := filepath.Join(markDir, "slowed")
 	script := "#!/bin/sh\ncase \" $* \" in *\" -N \"*) if [ ! -e " + marker + " ]; then : > " + marker + "; sleep " + delay +
 		"; fi;; esac\nexec " + real + " \"$@\"\n"
 	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
@@ -55,7 +58,7 @@ func (w *world) orderState(id string) api.Order {
 // controller is back, the agent's reports arrive and the order is done.
 func TestHalfDeadController(t *testing.T) {
 	w := newWorld(t)
-	w.startAgent(stage.AgentOptions{Token: w.Token, Env: slowIptables(t, "3"), Args: []string{"--keepalive", "1s"}})
+	w.startAgent(stage.AgentOptions{Token: w.Token, Env: slowIptables(t, "3", w.RuntimeDir), Args: []string{"--keepalive", "1s"}})
 	w.waitOnline()
 
 	var ord api.Order
@@ -293,5 +296,41 @@ func TestControllerByNameWhileIsolated(t *testing.T) {
 	w.mustCordon("release", "host", hostName, "--reason", "done", "--wait")
 	if strings.Contains(w.rules(w.Host), "CORDON-") {
 		t.Error("Cordon rules left after release")
+	}
+}
+
+// TestAgentCannotWriteDuringOrder: while it carries out an isolation, the
+// agent and everything it starts (plugin, iptables) are held by Landlock to
+// the runtime directory: an iptables that tries to write elsewhere is
+// refused, and the isolation still succeeds.
+func TestAgentCannotWriteDuringOrder(t *testing.T) {
+	w := newWorld(t)
+	dir := t.TempDir()
+	real, err := exec.LookPath("iptables")
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe := filepath.Join(dir, "written-during-order")
+	mark := filepath.Join(w.RuntimeDir, "write-attempt")
+	script := "#!/bin/sh\ncase \" $* \" in *\" -N \"*) if [ ! -e " + mark + " ]; then (echo evidence-tampering > " + probe + ") 2> " + mark +
+		" || true; fi;; esac\nexec " + real + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w.startAgent(stage.AgentOptions{Token: w.Token, Env: []string{"PATH=" + dir + ":" + os.Getenv("PATH")}})
+	w.waitOnline()
+	if !strings.Contains(w.AgentLog.String(), "landlock ABI") {
+		t.Fatalf("agent did not restrict its writes:\n%s", w.AgentLog)
+	}
+	w.mustCordon("isolate", "host", hostName, "--reason", "landlock test", "--wait")
+	if _, err := os.Stat(probe); err == nil {
+		t.Error("a process started by the agent wrote to disk during the order")
+	}
+	got, err := os.ReadFile(mark)
+	if err != nil {
+		t.Fatalf("the write was never attempted: %v", err)
+	}
+	if !strings.Contains(string(got), "Permission denied") {
+		t.Errorf("write attempt: %q, want permission denied", got)
 	}
 }

@@ -105,6 +105,10 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 	var sock *plugin.UnixSocketConfig
 	if cfg.SocketDir != "" {
 		sock = &plugin.UnixSocketConfig{TempDir: cfg.SocketDir}
+		// go-plugin's default runner does not pass the socket directory on
+		// (only a custom RunnerFunc does): the plugin makes its socket
+		// with os.CreateTemp in $TMPDIR, so point that at SocketDir too.
+		cmd.Env = append(withoutEnv(os.Environ(), "TMPDIR"), "TMPDIR="+cfg.SocketDir)
 	}
 	pc := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -114,6 +118,7 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		StartTimeout:     timeout,
 		UnixSocketConfig: sock,
+		SkipHostEnv:      cmd.Env != nil, // cmd.Env already holds it
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name:   "plugin." + cfg.Name,
 			Output: stderr,
@@ -139,6 +144,17 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		return nil, fmt.Errorf("plugin %s does not serve the Firewall interface", path)
 	}
 	return &Client{pc: pc, fw: fw, path: path}, nil
+}
+
+// withoutEnv returns env without the variables named key.
+func withoutEnv(env []string, key string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		if !strings.HasPrefix(kv, key+"=") {
+			out = append(out, kv)
+		}
+	}
+	return out
 }
 
 // Exited reports whether the plugin process has ended.

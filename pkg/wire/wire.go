@@ -165,6 +165,28 @@ func checkText(field, s string, max int, required bool) error {
 	return nil
 }
 
+// CleanText makes s fit a free-text field of at most max bytes: control
+// characters, newlines included, become spaces, and a longer text is cut
+// (on a character boundary) with "...". Senders use it on error messages,
+// which may span lines, so that what they send always validates.
+func CleanText(s string, max int) string {
+	b := make([]byte, 0, len(s))
+	for _, r := range s {
+		if IsControl(r) || r == '\t' {
+			r = ' '
+		}
+		b = utf8.AppendRune(b, r)
+	}
+	if len(b) <= max {
+		return string(b)
+	}
+	cut := max - 3
+	for cut > 0 && !utf8.RuneStart(b[cut]) {
+		cut--
+	}
+	return string(b[:cut]) + "..."
+}
+
 // IsControl reports whether r is a character that must not reach an
 // operator's terminal from untrusted text: C0 and C1 controls (escape
 // sequences) but tab, and Unicode bidirectional overrides, which can make

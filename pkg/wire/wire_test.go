@@ -115,3 +115,24 @@ func FuzzDecodeOrder(f *testing.F) {
 		}
 	})
 }
+
+func TestCleanText(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		max  int
+		want string
+	}{
+		{"one\ntwo\x1b[2J", 100, "one two [2J"},
+		{"tab\there", 100, "tab here"},
+		{"écrit", 100, "écrit"},
+		{strings.Repeat("é", 10), 7, "éé..."},
+	} {
+		got := CleanText(tc.in, tc.max)
+		if got != tc.want {
+			t.Errorf("CleanText(%q, %d) = %q, want %q", tc.in, tc.max, got, tc.want)
+		}
+		if err := checkText("f", got, tc.max, false); err != nil {
+			t.Errorf("CleanText(%q) = %q does not validate: %v", tc.in, got, err)
+		}
+	}
+}
