@@ -284,7 +284,7 @@ func (d *demo) play() error {
 	}
 	fmt.Println("   -> pay-db-01 is online and isolated")
 
-	d.step("The forensic team lists, downloads and verifies the evidence")
+	d.step("The forensic team lists, downloads and verifies the evidence, with the controller's signed receipt")
 	out, err = d.cordon("snapshots", "--host", stage.HostName, "-o", "json")
 	if err != nil {
 		return err
@@ -299,7 +299,14 @@ func (d *demo) play() error {
 		return err
 	}
 	file := filepath.Join(dir, snaps[0].FileName)
-	if _, err := d.cordon("snapshot", "verify", file, "--agent-key", snaps[0].AgentKey); err != nil {
+	out, err = d.cordon("snapshot", "verify", file)
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(out, "receipt: signed by the controller") {
+		return fmt.Errorf("verify did not check the controller's receipt")
+	}
+	if _, err := d.cordon("snapshot", "custody", snaps[0].ID); err != nil {
 		return err
 	}
 	if err := sshKeygenVerify(file, s.AgentKey+".pub"); err != nil {
