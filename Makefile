@@ -7,7 +7,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cordon-ir/cordon/controller/server.Version=$(VERSION) -X github.com/cordon-ir/cordon/agent.Version=$(VERSION)
 
-.PHONY: all build test demo bench deps vet fuzz proto clean
+.PHONY: all build test demo bench bench-snapshot deps vet fuzz proto clean
 
 all: build
 
@@ -33,6 +33,11 @@ demo: deps build
 
 bench: deps build
 	$(GO) run ./bench/contain --bin $(BIN)
+	$(GO) run ./bench/snapshot
+
+# The snapshot alone: 10,000 processes and 20,000 connections in a namespace.
+bench-snapshot: deps
+	$(GO) run ./bench/snapshot
 
 # A short run of every fuzz target.
 fuzz:

@@ -42,6 +42,8 @@ type CollectRequest struct {
 	// The controller clock offset the agent measured just before.
 	ClockOffsetNS    *int64 `json:"clock_offset_ns,omitempty"`
 	ClockOffsetError string `json:"clock_offset_error,omitempty"`
+	// Sandbox goes into the manifest (snapshot.Request.Sandbox).
+	Sandbox string `json:"sandbox"`
 }
 
 // collectResponse precedes Size bytes of bundle on the collector's stdout.
@@ -196,7 +198,7 @@ func RunCollector(in io.Reader, out io.Writer, signer ssh.Signer) error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.BudgetMS)*time.Millisecond)
 		b, err := snapshot.Take(ctx, snapshot.Request{
 			SnapshotID: req.SnapshotID, OrderID: req.OrderID, Incident: req.Incident, Reason: req.Reason,
-			HostName: req.HostName, AgentVersion: req.AgentVersion, Signer: signer,
+			HostName: req.HostName, AgentVersion: req.AgentVersion, Signer: signer, Sandbox: req.Sandbox,
 			ClockProbe: func(context.Context) (time.Duration, error) {
 				if req.ClockOffsetNS == nil {
 					return 0, errors.New(req.ClockOffsetError)

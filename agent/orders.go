@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -202,13 +203,21 @@ func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int6
 // what the sandbox hides from this process is missing, and the artifacts'
 // errors say so).
 func (a *Agent) takeSnapshot(ctx context.Context, l *slog.Logger, req snapshot.Request) (*evidence.Bundle, error) {
+	inside := a.cfg.Sandbox
+	if strings.HasPrefix(inside, "landlock") {
+		inside += "; evidence collected by the agent inside the sandbox, where other processes' /proc/PID/fd, exe and ns cannot be read"
+	}
 	if a.cfg.Collector == nil {
+		req.Sandbox = inside
 		return snapshot.Take(ctx, req)
 	}
 	cr := CollectRequest{SnapshotID: req.SnapshotID, OrderID: req.OrderID, Incident: req.Incident, Reason: req.Reason,
-		HostName: req.HostName, AgentVersion: req.AgentVersion}
+		HostName: req.HostName, AgentVersion: req.AgentVersion,
+		Sandbox: a.cfg.Sandbox + "; evidence collected by the agent's collector process, started before the sandbox to keep read access to other processes' /proc/PID/fd, exe and ns; it has no network and writes nothing"}
 	if dl, ok := ctx.Deadline(); ok {
-		cr.BudgetMS = time.Until(dl).Milliseconds()
+		// Leave the collector time to sign and send what it has before the
+		// agent gives up on it.
+		cr.BudgetMS = max(time.Until(dl)-time.Second, time.Second).Milliseconds()
 	}
 	// The collector has no network: measure the controller's clock here.
 	pctx, cancel := context.WithTimeout(ctx, snapshot.ClockProbeBudget)
@@ -223,6 +232,7 @@ func (a *Agent) takeSnapshot(ctx context.Context, l *slog.Logger, req snapshot.R
 	b, err := a.cfg.Collector.Take(ctx, cr)
 	if errors.Is(err, ErrCollectorGone) {
 		l.Error("snapshot collector lost; taking the snapshot inside the sandbox, where other processes' fd, exe and namespaces cannot be read", "err", err)
+		req.Sandbox = inside
 		return snapshot.Take(ctx, req)
 	}
 	return b, err

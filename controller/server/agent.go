@@ -797,7 +797,7 @@ func (s *Server) verifyStored(a *agentConn, hdr *wire.EvidenceHeader) (*evidence
 	}
 	defer f.Close()
 	limit := max(16<<20, 64*hdr.Size)
-	rep, err := evidence.Verify(f, evidence.VerifyOptions{TrustedKeys: []ssh.PublicKey{a.key}, MaxEntries: 10000,
+	rep, err := evidence.Verify(f, evidence.VerifyOptions{TrustedKeys: []ssh.PublicKey{a.key},
 		MaxFileSize: limit, MaxTotalSize: limit})
 	if err != nil {
 		return nil, err

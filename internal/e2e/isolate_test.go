@@ -114,6 +114,13 @@ func TestIsolateEndToEnd(t *testing.T) {
 		t.Errorf("verify with --agent-key does not say the signer is trusted:\n%s", out)
 	}
 	files := untar(t, bundle)
+	var man struct {
+		Sandbox string `json:"sandbox"`
+	}
+	json.Unmarshal(files["manifest.json"], &man)
+	if !strings.HasPrefix(man.Sandbox, "landlock ABI") || !strings.Contains(man.Sandbox, "collector process") {
+		t.Errorf("manifest does not say the agent was held by Landlock and who collected: %q", man.Sandbox)
+	}
 	checkSSHKeygenVerify(t, files, w.AgentKey+".pub")
 
 	// The evidence names the serving process and the pre-existing

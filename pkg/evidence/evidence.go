@@ -12,7 +12,10 @@
 //	raw/...            raw kernel text the records were parsed from
 //
 // Invariants a caller can rely on: bundles are built in memory, never on
-// disk; tar headers are deterministic (mode 0444, uid/gid 0, no user or
+// disk, and streaming: each artifact is compressed as it is written, so no
+// uncompressed copy is held; the gzip file is made of several members
+// (RFC 1952 §2.2), which gzip(1), tar(1) and Go's gzip.Reader read as one
+// stream; tar headers are deterministic (mode 0444, uid/gid 0, no user or
 // group names, mtime = the snapshot's start); every entry except
 // manifest.json and its signature is listed in the manifest with its size
 // and SHA-256, so the signature covers every byte of the bundle. The
@@ -90,6 +93,10 @@ type Manifest struct {
 	ClockOffsetNS *int64 `json:"clock_offset_ns,omitempty"`
 	// ClockOffsetError says why ClockOffsetNS is absent.
 	ClockOffsetError string `json:"clock_offset_error,omitempty"`
+	// Sandbox says how the agent was kept from writing to the host's disks
+	// while it took the snapshot (Landlock, or none), and which process
+	// collected the evidence.
+	Sandbox string `json:"sandbox,omitempty"`
 	// Artifacts lists every file in the bundle except manifest.json and
 	// manifest.json.sig, in the order they appear in the tar.
 	Artifacts []Artifact `json:"artifacts"`

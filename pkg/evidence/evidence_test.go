@@ -11,11 +11,13 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -603,15 +605,60 @@ func TestBuilderErrors(t *testing.T) {
 		}
 	})
 	t.Run("changed after add", func(t *testing.T) {
+		// Records are encoded when added: changing them later changes
+		// nothing.
 		b := NewBuilder(testManifest())
 		recs := append([]testRecord{}, testRecords...)
 		if err := b.AddJSONL("processes", "", recs, nil); err != nil {
 			t.Fatal(err)
 		}
 		recs[0].Name = "changed"
-		if _, err := b.Finish(signer, testStart); err == nil || !strings.Contains(err.Error(), "changed after it was added") {
+		bundle, err := b.Finish(signer, testStart)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := Verify(bytes.NewReader(bundle.Data), VerifyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if es := readEntries(t, bundle.Data); bytes.Contains(findEntry(es, "artifacts/processes.jsonl").data, []byte("changed")) {
+			t.Error("a change after AddJSONL reached the bundle")
+		}
+	})
+	t.Run("still open", func(t *testing.T) {
+		b := NewBuilder(testManifest())
+		if _, err := b.CreateJSONL("open", ""); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Finish(signer, testStart); err == nil || !strings.Contains(err.Error(), "still open") {
 			t.Errorf("err = %v", err)
 		}
+	})
+	t.Run("write after close", func(t *testing.T) {
+		b := NewBuilder(testManifest())
+		w, err := b.CreateJSONL("x", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.Encode(testRecords[0]); !errors.Is(err, ErrArtifactClosed) {
+			t.Errorf("Encode after Close: %v", err)
+		}
+		if err := w.Close(); !errors.Is(err, ErrArtifactClosed) {
+			t.Errorf("second Close: %v", err)
+		}
+		if w.Cut("late") {
+			t.Error("Cut of a closed artifact reported closing it")
+		}
+		r, err := b.CreateRaw("/proc/x", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Encode(1); err == nil {
+			t.Error("Encode into a raw artifact accepted")
+		}
+		r.Close()
 	})
 	t.Run("finish twice", func(t *testing.T) {
 		b := NewBuilder(testManifest())
@@ -673,4 +720,115 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("error %v (%T) is not a *VerifyError", err, err)
 		}
 	})
+}
+
+// TestStreaming fills artifacts from several goroutines at once, cuts one
+// short while it is being written, and checks the bundle verifies, records
+// what was cut, and reads back with stock gzip and tar (the bundle is made
+// of several gzip members).
+func TestStreaming(t *testing.T) {
+	signer := newSigner(t)
+	b := NewBuilder(testManifest())
+	const writers, records = 8, 5000
+	ws := make([]*ArtifactWriter, writers)
+	for i := range ws {
+		w, err := b.CreateJSONL(fmt.Sprintf("part%d", i), "test")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ws[i] = w
+	}
+	raw, err := b.CreateRaw("/proc/net/tcp", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Write([]byte(testRaw)); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	cut, cutDone := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	for i, w := range ws {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := range records {
+				if i == 0 && n == records/2 {
+					close(cut) // let the main goroutine cut this one
+				}
+				if err := w.Encode(testRecord{PID: n, Name: "p", Cmdline: []string{"a\nb", "\xff"}}); err != nil {
+					if i == 0 && errors.Is(err, ErrArtifactClosed) {
+						return
+					}
+					t.Errorf("writer %d record %d: %v", i, n, err)
+					return
+				}
+			}
+			if i == 0 {
+				<-cutDone // not cut yet: the main goroutine does it
+				return
+			}
+			w.AddError(fmt.Sprintf("writer %d done", i))
+			if err := w.Close(); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	<-cut
+	if !ws[0].Cut("cut short: test") {
+		t.Error("Cut of an open artifact said it was closed")
+	}
+	close(cutDone)
+	wg.Wait()
+	bundle, err := b.Finish(signer, testStart.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Verify(bytes.NewReader(bundle.Data), VerifyOptions{TrustedKeys: []ssh.PublicKey{signer.PublicKey()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Files != writers+1 {
+		t.Errorf("Files = %d", rep.Files)
+	}
+	for i, a := range rep.Manifest.Artifacts[:writers] {
+		switch {
+		case i == 0 && (a.Records < records/2 || a.Records > records || len(a.Errors) != 1 || a.Errors[0] != "cut short: test"):
+			t.Errorf("cut artifact = %+v", a)
+		case i > 0 && (a.Records != records || len(a.Errors) != 1):
+			t.Errorf("artifact %d = %+v", i, a)
+		}
+	}
+	es := readEntries(t, bundle.Data)
+	if got := bytes.Count(findEntry(es, "artifacts/part3.jsonl").data, []byte("\n")); got != records {
+		t.Errorf("part3 has %d lines", got)
+	}
+	var rec testRecord
+	line, _, _ := bytes.Cut(findEntry(es, "artifacts/part1.jsonl").data, []byte("\n"))
+	if err := json.Unmarshal(line, &rec); err != nil || rec.Cmdline[0] != "a\nb" {
+		t.Errorf("first record %s: %+v %v", line, rec, err)
+	}
+
+	tarBin, err := exec.LookPath("tar")
+	if err != nil {
+		t.Skip("no tar(1)")
+	}
+	file := filepath.Join(t.TempDir(), bundle.FileName)
+	if err := os.WriteFile(file, bundle.Data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(tarBin, "-tzf", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("tar -tzf: %v\n%s", err, out)
+	}
+	if names := strings.Fields(string(out)); len(names) != writers+3 || names[0] != ManifestPath || names[len(names)-1] != "raw/proc/net/tcp" {
+		t.Errorf("tar -tzf lists %q", names)
+	}
+	out, err = exec.Command(tarBin, "-xzOf", file, "artifacts/part2.jsonl").Output()
+	if err != nil || bytes.Count(out, []byte("\n")) != records {
+		t.Errorf("tar -xzOf part2: %d lines, %v", bytes.Count(out, []byte("\n")), err)
+	}
+	t.Logf("%d artifacts, %d bytes", len(rep.Manifest.Artifacts), len(bundle.Data))
 }

@@ -1,68 +1,22 @@
 package snapshot
 
 import (
-	"bufio"
 	"bytes"
-	"context"
-	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"net/netip"
 	"os"
+	"regexp"
+	"runtime"
+	"slices"
 	"strconv"
 	"strings"
-	"syscall"
+	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/shirou/gopsutil/v4/common"
-	psnet "github.com/shirou/gopsutil/v4/net"
-	"github.com/shirou/gopsutil/v4/process"
 	"golang.org/x/sys/unix"
 )
-
-// maxRead bounds any one file read, in bytes. /proc/net/tcp of a very busy
-// host is a few tens of MiB.
-const maxRead = 256 << 20
-
-// readFile reads a whole file with O_NOATIME where the kernel allows it
-// (the caller owns the file or has CAP_FOWNER), so that reading evidence
-// from a disk does not update its access time.
-func readFile(path string) ([]byte, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOATIME, 0)
-	if errors.Is(err, syscall.EPERM) {
-		f, err = os.Open(path)
-	}
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxRead+1))
-	if err != nil {
-		return nil, err
-	}
-	if len(b) > maxRead {
-		return nil, fmt.Errorf("%s: larger than %d bytes", path, maxRead)
-	}
-	return b, nil
-}
-
-// gopsutilEnv pins gopsutil to the real /proc, /sys and /etc, whatever the
-// HOST_PROC, HOST_SYS … environment variables say, so that its records and
-// the raw text Take keeps come from the same place.
-func gopsutilEnv(ctx context.Context) context.Context {
-	return context.WithValue(ctx, common.EnvKey, common.EnvMap{
-		common.HostProcEnvKey: "/proc",
-		common.HostSysEnvKey:  "/sys",
-		common.HostEtcEnvKey:  "/etc",
-		common.HostVarEnvKey:  "/var",
-		common.HostRunEnvKey:  "/run",
-		common.HostDevEnvKey:  "/dev",
-		common.HostRootEnvKey: "/",
-	})
-}
 
 func clockNS(id int32) (int64, error) {
 	var ts unix.Timespec
@@ -95,9 +49,14 @@ func collectClock() (ClockRecord, []rawFile, []string) {
 		raws = append(raws, rawFile{"/proc/uptime", b})
 	}
 	now := time.Unix(0, real)
-	zone, off := now.Zone()
+	zone, off, err := localZone(now)
+	if err != nil {
+		errs = append(errs, "timezone: "+err.Error())
+	}
+	// readlink(2) takes no O_NOATIME: it may set the symbolic link's own
+	// access time (under relatime, at most once a day).
 	link, err := os.Readlink("/etc/localtime")
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, unix.EINVAL) {
 		errs = append(errs, err.Error())
 	}
 	return ClockRecord{
@@ -105,11 +64,46 @@ func collectClock() (ClockRecord, []rawFile, []string) {
 		SystemTimeUnixNS: real,
 		MonotonicNS:      mono,
 		BoottimeNS:       boot,
+		BootTime:         time.Unix(0, real-boot).UTC(),
 		Timezone:         zone,
 		UTCOffsetSeconds: off,
 		TZ:               os.Getenv("TZ"),
 		LocaltimeLink:    link,
 	}, raws, errs
+}
+
+// localZone returns the zone abbreviation and offset east of UTC in
+// force at t, as the time package would find them (TZ, else
+// /etc/localtime, else UTC), but reading the zone file with O_NOATIME:
+// time.Local's loader opens it without.
+func localZone(t time.Time) (string, int, error) {
+	path, name := "/etc/localtime", "Local"
+	if tz, set := os.LookupEnv("TZ"); set {
+		tz = strings.TrimPrefix(tz, ":")
+		switch {
+		case tz == "" || tz == "UTC":
+			return "UTC", 0, nil
+		case strings.HasPrefix(tz, "/"):
+			path, name = tz, tz
+		case strings.Contains(tz, ".."):
+			return "UTC", 0, fmt.Errorf("TZ %q: not a zone name", tz)
+		default:
+			path, name = "/usr/share/zoneinfo/"+tz, tz
+		}
+	}
+	b, err := readFile(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) && path == "/etc/localtime" {
+			return "UTC", 0, nil // no local zone: UTC, as for the time package
+		}
+		return "UTC", 0, err
+	}
+	loc, err := time.LoadLocationFromTZData(name, b)
+	if err != nil {
+		return "UTC", 0, fmt.Errorf("%s: %w", path, err)
+	}
+	zone, off := t.In(loc).Zone()
+	return zone, off, nil
 }
 
 // readIdentity reads the host's identity, the raw files it came from and
@@ -119,10 +113,12 @@ func readIdentity() (Identity, []rawFile, []string) {
 		id   Identity
 		raws []rawFile
 		errs []string
-		err  error
 	)
-	if id.Hostname, err = os.Hostname(); err != nil {
-		errs = append(errs, fmt.Sprintf("hostname: %v", err))
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		errs = append(errs, fmt.Sprintf("uname: %v", err))
+	} else {
+		id.Hostname = unix.ByteSliceToString(uts.Nodename[:])
 	}
 	for _, f := range []struct {
 		path string
@@ -143,372 +139,411 @@ func readIdentity() (Identity, []rawFile, []string) {
 	return id, raws, errs
 }
 
-// collectConnections lists TCP and UDP sockets with gopsutil, which finds
-// each socket's owning PID by walking /proc/[pid]/fd. The raw /proc/net
-// tables, read just before, are kept for the record and give each socket's
-// UID, which gopsutil does not report. If gopsutil fails, the records come
-// from the raw tables alone, with PID 0.
-func collectConnections(ctx context.Context) collected {
-	var (
-		raws    []rawFile
-		errs    []string
-		fromRaw []ConnectionRecord
-	)
-	for _, t := range []struct{ file, typ, family string }{
-		{"tcp", "tcp", "inet"}, {"tcp6", "tcp", "inet6"},
-		{"udp", "udp", "inet"}, {"udp6", "udp", "inet6"},
-	} {
-		p := "/proc/net/" + t.file
-		b, err := readFile(p)
-		if err != nil {
-			errs = append(errs, err.Error())
-			continue
-		}
-		raws = append(raws, rawFile{p, b})
-		recs, err := parseProcNet(b, t.family, t.typ)
-		if err != nil {
-			errs = append(errs, fmt.Sprintf("%s: %v", p, err))
-		}
-		fromRaw = append(fromRaw, recs...)
-	}
-	uids := map[string][]uint32{}
-	for _, r := range fromRaw {
-		k := connKey(r)
-		if u := uids[k]; len(u) == 0 || u[0] != *r.UID {
-			uids[k] = append(u, *r.UID)
-		}
-	}
+// dmiFiles are the files of /sys/class/dmi/id that identify a machine.
+var dmiFiles = []string{
+	"sys_vendor", "product_name", "product_version", "product_serial", "product_uuid", "product_family",
+	"board_vendor", "board_name", "board_serial", "board_asset_tag",
+	"chassis_vendor", "chassis_serial", "chassis_asset_tag", "bios_vendor", "bios_version", "bios_date",
+}
 
-	conns, err := psnet.ConnectionsWithoutUidsWithContext(gopsutilEnv(ctx), "inet")
+var awsInstanceID = regexp.MustCompile(`^i-[0-9a-f]{8,17}$`)
+
+// collectHost reads everything the host record holds.
+func collectHost(name string) (HostRecord, []rawFile, []string) {
+	id, raws, errs := readIdentity()
+	h := HostRecord{Name: name, Identity: id, OSRelease: map[string]string{}, DMI: map[string]string{}}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		h.Architecture = unix.ByteSliceToString(uts.Machine[:])
+	}
+	if b, err := readFile("/proc/sys/kernel/version"); err != nil {
+		errs = append(errs, err.Error())
+	} else {
+		h.KernelVersion = strings.TrimSpace(string(b))
+	}
+	if b, err := readFile("/proc/sys/kernel/tainted"); err != nil {
+		errs = append(errs, err.Error())
+	} else if t, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil {
+		h.Tainted = &t
+		raws = append(raws, rawFile{"/proc/sys/kernel/tainted", b})
+	}
+	if b, err := readFile("/proc/uptime"); err != nil {
+		errs = append(errs, err.Error())
+	} else if f := strings.Fields(string(b)); len(f) > 0 {
+		h.UptimeSeconds, _ = strconv.ParseFloat(f[0], 64)
+	}
+	osr := "/etc/os-release"
+	b, err := readFile(osr)
+	if errors.Is(err, fs.ErrNotExist) {
+		osr = "/usr/lib/os-release"
+		b, err = readFile(osr)
+	}
 	if err != nil {
-		errs = append(errs, fmt.Sprintf("owning PIDs unknown, records are from /proc/net/* alone: %v", err))
-		return collected{records: fromRaw, raws: raws, errs: errs}
+		errs = append(errs, err.Error())
+	} else {
+		h.OSRelease = parseOSRelease(b)
+		raws = append(raws, rawFile{osr, b})
 	}
-	recs := make([]ConnectionRecord, 0, len(conns))
-	for _, c := range conns {
-		r := ConnectionRecord{
-			LocalAddr:  c.Laddr.IP,
-			LocalPort:  uint16(c.Laddr.Port),
-			RemoteAddr: c.Raddr.IP,
-			RemotePort: uint16(c.Raddr.Port),
-			State:      c.Status,
-			PID:        c.Pid,
+	for _, f := range dmiFiles {
+		b, err := readFile("/sys/class/dmi/id/" + f)
+		if err == nil {
+			h.DMI[f] = strings.TrimSpace(string(b))
 		}
-		switch c.Family {
-		case syscall.AF_INET:
-			r.Family = "inet"
-		case syscall.AF_INET6:
-			r.Family = "inet6"
-		default:
-			r.Family = strconv.Itoa(int(c.Family))
-		}
-		switch c.Type {
-		case syscall.SOCK_STREAM:
-			r.Type = "tcp"
-		case syscall.SOCK_DGRAM:
-			r.Type = "udp"
-			r.State = "NONE"
-		default:
-			r.Type = strconv.Itoa(int(c.Type))
-		}
-		if u := uids[connKey(r)]; len(u) == 1 {
-			r.UID = &u[0]
-		}
-		recs = append(recs, r)
 	}
-	if msg := unreadableFDTables(ctx, recs); msg != "" {
-		errs = append(errs, msg)
+	h.CloudProvider, h.CloudInstanceID, h.CloudInstanceIDSource = cloudFromDMI(h.DMI)
+	if h.CloudInstanceID == "" {
+		if b, err := readFile("/var/lib/cloud/data/instance-id"); err == nil {
+			h.CloudInstanceID = strings.TrimSpace(string(b))
+			h.CloudInstanceIDSource = "/var/lib/cloud/data/instance-id"
+		}
 	}
-	if n := len(fromRaw) - len(recs); n > 0 {
-		errs = append(errs, fmt.Sprintf("%d sockets in /proc/net/* have no record: gopsutil merges sockets with the same addresses and state, and sockets change between reads; raw/proc/net/* has them all", n))
-	}
-	return collected{records: recs, raws: raws, errs: errs}
+	return h, raws, errs
 }
 
-// unreadableFDTables explains sockets without an owner: when a socket that
-// a process should hold (not TIME_WAIT) has PID 0, it names the processes
-// whose fd tables could not be read, since gopsutil skips them silently.
-func unreadableFDTables(ctx context.Context, recs []ConnectionRecord) string {
-	orphans := 0
-	for _, r := range recs {
-		if r.PID == 0 && r.State != "TIME_WAIT" {
-			orphans++
+// cloudFromDMI recognizes a cloud from the machine's DMI data, and the
+// instance ID when DMI holds it (AWS Nitro's board_asset_tag, Azure's
+// product_uuid).
+func cloudFromDMI(dmi map[string]string) (provider, id, source string) {
+	vendor := strings.ToLower(dmi["sys_vendor"] + " " + dmi["product_name"] + " " + dmi["bios_vendor"])
+	switch {
+	case strings.Contains(vendor, "amazon") || strings.HasPrefix(strings.ToLower(dmi["product_uuid"]), "ec2"):
+		if t := dmi["board_asset_tag"]; awsInstanceID.MatchString(t) {
+			return "aws", t, "/sys/class/dmi/id/board_asset_tag"
 		}
-	}
-	if orphans == 0 {
-		return ""
-	}
-	pids, err := process.PidsWithContext(gopsutilEnv(ctx))
-	if err != nil {
-		return ""
-	}
-	var denied []string
-	for _, pid := range pids {
-		dir := "/proc/" + strconv.Itoa(int(pid)) + "/fd"
-		ents, err := os.ReadDir(dir)
-		if err == nil && len(ents) > 0 {
-			// Listing may be allowed where reading the links is not.
-			_, err = os.Readlink(dir + "/" + ents[0].Name())
+		return "aws", "", ""
+	case strings.Contains(vendor, "microsoft") && dmi["chassis_asset_tag"] == "7783-7084-3265-9085-8269-3286-77":
+		if u := dmi["product_uuid"]; u != "" {
+			return "azure", strings.ToLower(u), "/sys/class/dmi/id/product_uuid"
 		}
-		if err != nil && errors.Is(err, fs.ErrPermission) {
-			denied = append(denied, strconv.Itoa(int(pid)))
-		}
+		return "azure", "", ""
+	case strings.Contains(vendor, "google"):
+		return "gcp", "", ""
+	case strings.Contains(vendor, "openstack"):
+		return "openstack", "", ""
 	}
-	if len(denied) == 0 {
-		return ""
-	}
-	const maxList = 50
-	list := strings.Join(denied[:min(len(denied), maxList)], " ")
-	if len(denied) > maxList {
-		list += " …"
-	}
-	return fmt.Sprintf("%d sockets have pid 0: the fd tables of %d processes could not be read (pids %s), so their sockets' owners are unknown", orphans, len(denied), list)
+	return "", "", ""
 }
 
-// tcpStates maps the st column of /proc/net/tcp to the names gopsutil uses
-// (include/net/tcp_states.h).
-var tcpStates = map[string]string{
-	"01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
-	"05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
-	"09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
-}
-
-// connKey identifies a socket by what gopsutil reports of it.
-func connKey(r ConnectionRecord) string {
-	return fmt.Sprintf("%s %s %s %d %s %d %s", r.Family, r.Type, r.LocalAddr, r.LocalPort, r.RemoteAddr, r.RemotePort, r.State)
-}
-
-// parseProcNet parses one /proc/net/{tcp,udp}[6] table (proc(5)) into
-// records with UID set and PID 0. Lines it does not understand are
-// skipped and counted in the error.
-func parseProcNet(table []byte, family, typ string) ([]ConnectionRecord, error) {
-	var recs []ConnectionRecord
-	sc := bufio.NewScanner(bytes.NewReader(table))
-	sc.Buffer(make([]byte, 0, 4096), 1<<20)
-	first := true
-	bad := 0
-	for sc.Scan() {
-		if first { // header
-			first = false
+// parseOSRelease reads os-release(5) assignments, removing shell quoting.
+func parseOSRelease(b []byte) map[string]string {
+	m := map[string]string{}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		line = strings.TrimSpace(line)
+		k, v, ok := strings.Cut(line, "=")
+		if !ok || k == "" || strings.HasPrefix(k, "#") {
 			continue
 		}
-		f := strings.Fields(sc.Text())
-		if len(f) < 10 {
-			bad++
-			continue
-		}
-		la, lp, err1 := procNetAddr(f[1])
-		ra, rp, err2 := procNetAddr(f[2])
-		uid, err3 := strconv.ParseUint(f[7], 10, 32)
-		if err1 != nil || err2 != nil || err3 != nil {
-			bad++
-			continue
-		}
-		state := "NONE"
-		if typ == "tcp" {
-			if state = tcpStates[f[3]]; state == "" {
-				state = "UNKNOWN_" + f[3]
+		if len(v) >= 2 && (v[0] == '"' || v[0] == '\'') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+			if v0 := v; strings.Contains(v0, `\`) {
+				v = strings.NewReplacer(`\"`, `"`, `\\`, `\`, `\$`, `$`, "\\`", "`").Replace(v0)
 			}
 		}
-		u := uint32(uid)
-		recs = append(recs, ConnectionRecord{
-			Family: family, Type: typ,
-			LocalAddr: la, LocalPort: lp, RemoteAddr: ra, RemotePort: rp,
-			State: state, UID: &u,
+		m[k] = v
+	}
+	return m
+}
+
+// workers is how many goroutines read /proc at once: /proc reads are CPU
+// work in the kernel, so one per CPU, and a few more to cover the time
+// one blocks.
+func workers() int { return runtime.GOMAXPROCS(0) + 2 }
+
+// parallel calls fn(i) for i in [0, n) from up to k goroutines and
+// returns when all calls have returned.
+func parallel(n, k int, fn func(i int)) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(n, k) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= n {
+					return
+				}
+				fn(i)
+			}
 		})
 	}
-	if err := sc.Err(); err != nil {
-		return recs, err
-	}
-	if bad > 0 {
-		return recs, fmt.Errorf("%d lines not understood", bad)
-	}
-	return recs, nil
+	wg.Wait()
 }
 
-// procNetAddr decodes "0100007F:0016" or a 32-hex-digit IPv6 address and
-// port as /proc/net/tcp prints them: each 32-bit word of the address in
-// host byte order. An IPv4-mapped IPv6 address comes out as IPv4 text, as
-// gopsutil prints it.
-func procNetAddr(s string) (string, uint16, error) {
-	a, p, ok := strings.Cut(s, ":")
-	if !ok {
-		return "", 0, fmt.Errorf("no port in %q", s)
-	}
-	port, err := strconv.ParseUint(p, 16, 16)
+// run collects every artifact but the clock and host, in order of
+// volatility (see the package documentation), closing each artifact when
+// done with it.
+func (c *collection) run() {
+	ctx := c.ctx
+	pids, err := listPIDs()
+	listedAt, _ := clockNS(unix.CLOCK_BOOTTIME)
 	if err != nil {
-		return "", 0, err
+		c.art[ProcessesArtifact].errorf("list /proc: %v", err)
 	}
-	raw, err := hex.DecodeString(a)
-	if err != nil || (len(raw) != 4 && len(raw) != 16) {
-		return "", 0, fmt.Errorf("bad address %q", a)
-	}
-	ip := make([]byte, len(raw))
-	for i := 0; i < len(raw); i += 4 {
-		binary.NativeEndian.PutUint32(ip[i:], binary.BigEndian.Uint32(raw[i:]))
-	}
-	addr, _ := netip.AddrFromSlice(ip)
-	return addr.Unmap().String(), uint16(port), nil
-}
+	nss := c.discoverNetNS(pids)
+	defer func() {
+		for _, ns := range nss {
+			ns.close()
+		}
+	}()
 
-// userHZ is the unit of times in /proc/[pid]/stat (sysconf(_SC_CLK_TCK)):
-// 100 on every Linux architecture Cordon runs on.
-const userHZ = 100
+	// The most volatile together: the socket tables (started first),
+	// conntrack and the process scan, which names each socket's holders.
+	var tables []nsSockets
+	var wg, tablesRead sync.WaitGroup
+	tablesRead.Go(func() { tables = c.readSocketTables(nss) })
+	wg.Go(func() { c.collectConntrack(nss) })
+	scan := c.scanProcesses(pids, listedAt)
+	tablesRead.Wait()
+	c.writeConnections(nss, tables, scan)
+	tables = nil
 
-// collectProcesses records every process in /proc. A process that exits
-// mid-scan is recorded with an error, never dropped. bootEpoch is the
-// wall-clock time of boot (CLOCK_REALTIME − CLOCK_BOOTTIME, read together)
-// that start times are counted from; zero when unknown.
-func collectProcesses(ctx context.Context, bootEpoch time.Time) collected {
-	ctx = gopsutilEnv(ctx)
-	var errs []string
-	var raws []rawFile
-	users := map[uint32]string{}
-	if b, err := readFile("/etc/passwd"); err != nil {
-		errs = append(errs, fmt.Sprintf("user names: %v", err))
+	// The rest, less volatile, at once.
+	wg.Go(func() { c.collectNetlink(nss) })
+	wg.Go(c.collectResources)
+	wg.Go(c.collectSessions)
+	wg.Go(c.collectModules)
+	wg.Go(func() { c.collectMounts(scan.mntNS, scan.skipped) })
+	if ctx.Err() == nil {
+		// Last, so that the commands it runs are not in the process
+		// table.
+		wg.Go(c.collectFirewall)
 	} else {
-		users = parsePasswd(b)
-		raws = append(raws, rawFile{"/etc/passwd", b})
+		fw := c.art[FirewallArtifact]
+		fw.cutShort("the firewall commands were not run")
+		fw.close()
 	}
-	if bootEpoch.IsZero() {
-		errs = append(errs, "start_time: boot time unknown")
-	}
-	pids, err := process.PidsWithContext(ctx)
-	if err != nil {
-		errs = append(errs, fmt.Sprintf("list processes: %v", err))
-	}
-	recs := make([]ProcessRecord, 0, len(pids))
-	for _, pid := range pids {
-		if ctx.Err() != nil {
-			errs = append(errs, fmt.Sprintf("scan stopped: %v", ctx.Err()))
-			break
-		}
-		recs = append(recs, processRecord(ctx, pid, bootEpoch, users))
-	}
-	return collected{records: recs, raws: raws, errs: errs}
+	wg.Wait()
 }
 
-// processRecord reads one process. Field errors go into Error; if the
-// process is gone when an error happens, Error says it exited during the
-// scan.
-//
-// Name, PPID and StartTime come from one read of /proc/[pid]/stat, and
-// Cmdline from /proc/[pid]/cmdline, parsed here rather than by gopsutil:
-// its Name is extended from argv when comm is 15 bytes long, its
-// CmdlineSlice drops trailing empty arguments, and its CreateTime counts
-// from a boot time truncated to whole seconds that it reads again for
-// every process.
-func processRecord(ctx context.Context, pid int32, bootEpoch time.Time, users map[uint32]string) ProcessRecord {
-	r := ProcessRecord{PID: pid, Cmdline: []string{}}
-	var errs []string
-	fail := func(what string, err error) { errs = append(errs, fmt.Sprintf("%s: %v", what, err)) }
-	dir := "/proc/" + strconv.Itoa(int(pid))
-
-	if b, err := readFile(dir + "/stat"); err != nil {
-		fail("stat", err)
-	} else if st, err := parseStat(b); err != nil {
-		fail("stat", err)
-	} else {
-		r.Name, r.PPID = st.comm, st.ppid
-		if !bootEpoch.IsZero() {
-			start := bootEpoch.Add(time.Duration(st.startTicks) * (time.Second / userHZ))
-			r.StartTime = start.UTC().Format(time.RFC3339Nano)
-		}
-	}
-	if b, err := readFile(dir + "/cmdline"); err != nil {
-		fail("cmdline", err)
-	} else {
-		r.Cmdline = parseCmdline(b)
-	}
-	p := &process.Process{Pid: pid}
-	if exe, err := p.ExeWithContext(ctx); err != nil {
-		// Kernel threads and zombies have no executable: ENOENT while
-		// the process is still there.
-		if !errors.Is(err, fs.ErrNotExist) || !exists(dir) {
-			fail("exe", err)
-		}
-	} else {
-		r.Exe = exe
-	}
-	if uids, err := p.UidsWithContext(ctx); err != nil {
-		fail("uid", err)
-	} else if len(uids) > 0 {
-		u := uids[0]
-		r.UID = &u
-		r.User = users[u]
-	}
-	if len(errs) > 0 {
-		r.Error = strings.Join(errs, "; ")
-		if !exists(dir) {
-			r.Error = "exited during the scan: " + r.Error
-		}
-	}
-	return r
+// netNS is one network namespace and how to read it.
+type netNS struct {
+	inode uint64
+	name  string
+	pids  []int // processes in it, up to maxCandidates
+	dfd   int   // open /proc/<pid> of a process in it, or -1
+	nsfd  int   // open namespace file, or -1
+	err   string
 }
 
-type procStat struct {
-	comm       string
-	ppid       int32
-	startTicks uint64
+// maxCandidates is how many processes per network namespace discovery
+// remembers, to read through another when the first has exited.
+const maxCandidates = 4
+
+func (ns *netNS) close() {
+	if ns.dfd >= 0 {
+		unix.Close(ns.dfd)
+		ns.dfd = -1
+	}
+	if ns.nsfd >= 0 {
+		unix.Close(ns.nsfd)
+		ns.nsfd = -1
+	}
 }
 
-// parseStat reads comm (field 2), ppid (4) and starttime (22, clock ticks
-// after boot) from /proc/[pid]/stat (proc(5)). comm is in parentheses and
-// may itself contain spaces and parentheses, so the fields after it are
-// found from the last ')'.
-func parseStat(b []byte) (procStat, error) {
-	i, j := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
-	if i < 0 || j < i {
-		return procStat{}, errors.New("malformed: no (comm)")
-	}
-	rest := strings.Fields(string(b[j+1:]))
-	if len(rest) < 20 {
-		return procStat{}, fmt.Errorf("malformed: %d fields after comm", len(rest))
-	}
-	ppid, err := strconv.ParseInt(rest[1], 10, 32)
-	if err != nil {
-		return procStat{}, fmt.Errorf("ppid: %w", err)
-	}
-	start, err := strconv.ParseUint(rest[19], 10, 64)
-	if err != nil {
-		return procStat{}, fmt.Errorf("starttime: %w", err)
-	}
-	return procStat{comm: string(b[i+1 : j]), ppid: int32(ppid), startTicks: start}, nil
-}
-
-func exists(path string) bool {
-	_, err := os.Stat(path)
-	return err == nil
-}
-
-// parsePasswd maps UIDs to names from /etc/passwd (passwd(5)); the first
-// entry for a UID wins, as getpwuid(3) does.
-func parsePasswd(b []byte) map[uint32]string {
-	users := map[uint32]string{}
-	for line := range strings.SplitSeq(string(b), "\n") {
-		f := strings.Split(line, ":")
-		if len(f) < 3 || strings.HasPrefix(f[0], "#") {
-			continue
+// discoverNetNS finds every network namespace: one entry per distinct
+// /proc/[pid]/ns/net, plus those only a bind mount (ip netns add) holds,
+// named from /proc/self/mountinfo. Each gets an open handle on a process
+// in it (pinned: it cannot be swapped for another process) and on the
+// namespace itself, which keeps it alive while it is read. The
+// namespaces come out sorted by inode, the agent's own first.
+func (c *collection) discoverNetNS(pids []int) []*netNS {
+	k := workers()
+	locals := make([]map[uint64][]int, k)
+	chunk := (len(pids) + k - 1) / max(k, 1)
+	parallel(k, k, func(w int) {
+		m := map[uint64][]int{}
+		buf := make([]byte, 128)
+		lo, hi := min(w*chunk, len(pids)), min((w+1)*chunk, len(pids))
+		var path []byte
+		for _, pid := range pids[lo:hi] {
+			path = append(strconv.AppendInt(append(path[:0], "/proc/"...), int64(pid), 10), "/ns/net"...)
+			t, err := readlinkAt(unix.AT_FDCWD, string(path), &buf)
+			if err != nil {
+				continue
+			}
+			if ino, ok := nsInode(t); ok && len(m[ino]) < maxCandidates {
+				m[ino] = append(m[ino], pid)
+			}
 		}
-		uid, err := strconv.ParseUint(f[2], 10, 32)
+		locals[w] = m
+	})
+	byIno := map[uint64]*netNS{}
+	for _, m := range locals {
+		for ino, ps := range m {
+			ns := byIno[ino]
+			if ns == nil {
+				ns = &netNS{inode: ino, dfd: -1, nsfd: -1}
+				byIno[ino] = ns
+			}
+			ns.pids = append(ns.pids, ps...)
+		}
+	}
+	names, paths := nsfsMounts("net")
+	for ino, name := range names {
+		if byIno[ino] == nil {
+			byIno[ino] = &netNS{inode: ino, dfd: -1, nsfd: -1}
+		}
+		byIno[ino].name = name
+	}
+	var own uint64
+	buf := make([]byte, 128)
+	if t, err := readlinkAt(unix.AT_FDCWD, "/proc/self/ns/net", &buf); err == nil {
+		own, _ = nsInode(t)
+	}
+	out := make([]*netNS, 0, len(byIno))
+	for _, ns := range byIno {
+		slices.Sort(ns.pids)
+		if len(ns.pids) > maxCandidates {
+			ns.pids = ns.pids[:maxCandidates]
+		}
+		ns.pin(paths[ns.inode])
+		out = append(out, ns)
+	}
+	slices.SortFunc(out, func(a, b *netNS) int {
+		switch {
+		case a.inode == own:
+			return -1
+		case b.inode == own:
+			return 1
+		case a.inode < b.inode:
+			return -1
+		case a.inode > b.inode:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// pin opens a handle on a process in the namespace and on the namespace
+// itself, checking that the process is still in it; mountPath is an nsfs
+// bind mount of the namespace, used when no process is.
+func (ns *netNS) pin(mountPath string) {
+	buf := make([]byte, 128)
+	for _, pid := range ns.pids {
+		dfd, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 		if err != nil {
 			continue
 		}
-		if _, dup := users[uint32(uid)]; !dup {
-			users[uint32(uid)] = f[0]
+		if t, err := readlinkAt(dfd, "ns/net", &buf); err == nil {
+			if ino, _ := nsInode(t); ino == ns.inode {
+				if nsfd, _, err := openAt(dfd, "ns/net", 0); err == nil {
+					ns.dfd, ns.nsfd = dfd, nsfd
+					return
+				}
+			}
 		}
+		unix.Close(dfd)
 	}
-	return users
+	if mountPath != "" {
+		fd, _, err := openAt(unix.AT_FDCWD, mountPath, 0)
+		if err == nil {
+			var st unix.Stat_t
+			if unix.Fstat(fd, &st) == nil && st.Ino == ns.inode {
+				ns.nsfd = fd
+				return
+			}
+			unix.Close(fd)
+		}
+		ns.err = fmt.Sprintf("cannot open %s: %v", mountPath, err)
+		return
+	}
+	ns.err = "every process in it exited before it could be read"
 }
 
-// parseCmdline splits /proc/[pid]/cmdline into argv: arguments end in NUL,
-// so empty arguments survive (gopsutil's CmdlineSlice drops trailing ones).
-// A process that rewrote its argv may leave no final NUL; the text is then
-// split as it stands.
-func parseCmdline(b []byte) []string {
-	if len(b) == 0 {
-		return []string{}
+// nsfsMounts reads the namespaces of kind ("net", "mnt") bind-mounted in
+// the agent's mount namespace, from /proc/self/mountinfo: inode to name
+// (the name under /run/netns, else the mount path) and to mount path.
+func nsfsMounts(kind string) (names map[uint64]string, paths map[uint64]string) {
+	names, paths = map[uint64]string{}, map[uint64]string{}
+	b, err := readFile("/proc/self/mountinfo")
+	if err != nil {
+		return
 	}
-	b = bytes.TrimSuffix(b, []byte{0})
-	return strings.Split(string(b), "\x00")
+	for line := range bytes.SplitSeq(b, []byte{'\n'}) {
+		m, ok := parseMountinfoLine(line)
+		if !ok || m.FSType != "nsfs" || !strings.HasPrefix(m.Root, kind+":[") {
+			continue
+		}
+		ino, ok := nsInode([]byte(m.Root))
+		if !ok {
+			continue
+		}
+		name := m.MountPoint
+		for _, dir := range []string{"/run/netns/", "/var/run/netns/"} {
+			if strings.HasPrefix(name, dir) {
+				name = strings.TrimPrefix(name, dir)
+			}
+		}
+		if _, dup := names[ino]; !dup || strings.HasPrefix(m.MountPoint, "/run/netns/") {
+			names[ino], paths[ino] = name, m.MountPoint
+		}
+	}
+	return
+}
+
+// inNetNS runs fn on an OS thread that has joined the network namespace
+// open as nsfd (setns(2)), and then returns the thread to its own
+// namespace. The thread is locked meanwhile, so no other goroutine runs
+// in the namespace; if it cannot go back, it stays locked and ends with
+// the goroutine.
+func inNetNS(nsfd int, fn func() error) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("own network namespace: %w", err)
+			return
+		}
+		defer unix.Close(orig)
+		if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("setns: %w", err)
+			return
+		}
+		err = fn()
+		if rerr := unix.Setns(orig, unix.CLONE_NEWNET); rerr != nil {
+			errc <- errors.Join(err, fmt.Errorf("setns back: %w", rerr))
+			return // still locked: the thread ends with this goroutine
+		}
+		runtime.UnlockOSThread()
+		errc <- err
+	}()
+	return <-errc
+}
+
+// readNetFile reads /proc/<pid>/net/<name> of the namespace: through its
+// pinned process, or, when that has exited or there is none, from a
+// thread that joined the namespace (/proc/thread-self/net/<name>).
+func (ns *netNS) readNetFile(name string, buf []byte) ([]byte, error) {
+	if ns.dfd >= 0 {
+		b, err := readAt(ns.dfd, "net/"+name, buf, maxRead)
+		if err == nil || !gone(err) || ns.nsfd < 0 {
+			return b, err
+		}
+	}
+	if ns.nsfd < 0 {
+		return buf[:0], errors.New(ns.err)
+	}
+	var out []byte
+	err := inNetNS(ns.nsfd, func() error {
+		var err error
+		out, err = readAt(unix.AT_FDCWD, "/proc/thread-self/net/"+name, buf, maxRead)
+		return err
+	})
+	return out, err
+}
+
+// label names the namespace in errors: "netns 4026531840 (name)".
+func (ns *netNS) label() string {
+	if ns.name != "" {
+		return fmt.Sprintf("netns %d (%s)", ns.inode, ns.name)
+	}
+	return fmt.Sprintf("netns %d", ns.inode)
+}
+
+// rawPath is where raw text of the namespace's /proc/net/<name> goes.
+func (ns *netNS) rawPath(name string) string {
+	return fmt.Sprintf("/netns/%d/proc/net/%s", ns.inode, name)
 }

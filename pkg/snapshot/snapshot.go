@@ -1,29 +1,86 @@
 // Package snapshot captures a host's volatile state without writing to disk.
 //
-// Take collects, in order of volatility (RFC 3227 §2.1): the clocks, the
-// host's identity, network connections with their owning processes, and the
-// process table, and returns them as a signed evidence bundle
-// (pkg/evidence) built in memory. Each artifact keeps its parsed records
-// (artifacts/*.jsonl) and, where cheap, the raw kernel text they came from
-// (raw/proc/net/tcp, …).
+// Take collects, in order of volatility (RFC 3227 §2.1), and returns as a
+// signed evidence bundle (pkg/evidence) built in memory. The clocks and
+// the host's identity come first; then the socket tables (started first),
+// conntrack and the process scan run together, since each socket's owners
+// come from the processes' fd tables; then the rest, the firewall last so
+// that the commands it runs are not in the process table. Collection runs
+// on every CPU, and each artifact is compressed into the bundle as it is
+// collected. The bundle holds:
+//
+//	artifacts/clock.jsonl        ClockRecord: clocks, timezone, controller offset
+//	artifacts/host.jsonl         HostRecord: host name, machine-id, boot-id, kernel,
+//	                             OS release, uptime, DMI and cloud instance ID
+//	artifacts/connections.jsonl  ConnectionRecord: TCP, UDP, raw, unix and packet
+//	                             sockets of every network namespace, with every PID
+//	                             holding each
+//	artifacts/conntrack.jsonl    ConntrackRecord: connection tracking, per namespace
+//	artifacts/processes.jsonl    ProcessRecord: every process, its executable hashed
+//	artifacts/open_files.jsonl   OpenFilesRecord: every process's open descriptors
+//	artifacts/resources.jsonl    ResourcesRecord: load, memory, swap, CPU time
+//	artifacts/routes.jsonl       RouteRecord: routes of every table, per namespace
+//	artifacts/neighbours.jsonl   NeighbourRecord: ARP and NDP caches, per namespace
+//	artifacts/interfaces.jsonl   InterfaceRecord: links, addresses, counters
+//	artifacts/sessions.jsonl     SessionRecord: utmp, wtmp, btmp, logind sessions
+//	artifacts/modules.jsonl      ModuleRecord: loaded kernel modules
+//	artifacts/mounts.jsonl       MountRecord: mount table of every mount namespace
+//	artifacts/firewall.jsonl     FirewallRecord: iptables-save, ip6tables-save,
+//	                             nft list ruleset, their output under raw/exec/
+//	raw/...                      the kernel text records were parsed from, by its
+//	                             path: raw/proc/uptime, raw/etc/passwd, and per
+//	                             network namespace raw/netns/<inode>/proc/net/tcp, …
+//	                             per mount namespace raw/mntns/<inode>/proc/self/mountinfo
+//
+// Every artifact's manifest entry names its source (the man page or kernel
+// interface) and its collection errors.
 //
 // Invariants a caller can rely on:
-//   - Nothing is written to disk: no temporary files, no caches. Files that
-//     live on disk (/etc/machine-id, /etc/passwd) are opened with O_NOATIME
-//     where the kernel allows it, so reading them does not change their
-//     inodes.
-//   - A failure to collect one artifact is recorded in that artifact's
-//     errors in the manifest; it never aborts the snapshot. A process that
-//     exits mid-scan is recorded as such. Take fails only when it cannot
-//     build a bundle at all or its context ends.
-//   - Data comes from the agent's own view: /proc of its PID and network
-//     namespace, whatever HOST_PROC says.
+//   - Nothing is written to disk: no temporary files, no caches. Every file
+//     is opened with O_NOATIME where the kernel allows it (the agent runs
+//     as root, so everywhere), so reading evidence, executables included,
+//     does not change an inode's access time. Two reads cannot take the
+//     flag: readlink(2) of /etc/localtime, and the exec of the firewall
+//     tools, whose own access times change as with any run of them.
+//   - Partial evidence rather than none: a failure to collect one artifact
+//     is recorded in that artifact's errors and never aborts the snapshot.
+//     When its time runs out, Take stops collecting, keeps what it has, and
+//     by about ctx's deadline returns a bundle in which every artifact that
+//     was not complete carries an error starting with CutShort. Take fails
+//     only when no bundle can be built or signed.
+//   - A process is identified by (pid, start_ticks). Each process is read
+//     through one open handle on its /proc directory, so one record never
+//     mixes two processes; one that exits while it is read keeps what was
+//     read and says "exited during the scan"; one whose PID was reused
+//     between the listing and the read says "pid reused during the scan".
+//   - Network state is read in every network namespace on the host: one
+//     process per distinct /proc/[pid]/ns/net (or, for a namespace that
+//     only a bind mount holds, a thread that joins it with setns(2)).
+//     Records carry the namespace's inode (netns) and name.
+//   - Data comes from the agent's own view: /proc of its PID namespace,
+//     whatever HOST_PROC says. User and group names come from /etc/passwd
+//     and /etc/group, never NSS, which could reach the network. The cloud
+//     instance ID comes from local files, never a metadata endpoint.
+//   - The snapshot never loads a kernel module: conntrack is read only
+//     when nf_conntrack_netlink is already there.
+//
+// Bytes that are not UTF-8. Values the kernel hands over as bytes — argv,
+// comm, paths, environment variable names, unix socket names, utmp fields —
+// are written as JSON strings, in which encoding/json turns each invalid
+// byte into U+FFFD. Whenever that loses something, and only then, a sibling
+// field named after the original with "_b64" appended holds the exact bytes
+// in standard base64 (RFC 4648 §4, padded): for a string (exe → exe_b64)
+// the whole value; for a list (cmdline → cmdline_b64, env_names →
+// env_names_b64) a list of the same length with every element encoded, so
+// argv round-trips byte for byte: decode each element of cmdline_b64 when
+// it is present, else take cmdline as it is.
 package snapshot
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/cordon-ir/cordon/pkg/evidence"
@@ -32,6 +89,22 @@ import (
 
 // ClockProbeBudget is how long Take lets Request.ClockProbe run.
 const ClockProbeBudget = 500 * time.Millisecond
+
+// WrapUpGrace is how long Take leaves the collectors, once they have been
+// told to stop, to write what they have gathered before it cuts them off.
+// When ctx has a deadline, they are told to stop WrapUpGrace (at most a
+// fifth of the time left) before it, so that Take returns by about the
+// deadline; when ctx is cancelled, Take returns about WrapUpGrace later.
+const WrapUpGrace = 250 * time.Millisecond
+
+// CutShort starts every artifact error that says the artifact is
+// incomplete because Take's context ended, e.g. "cut short: context
+// deadline exceeded: 4120 of 10012 processes read".
+const CutShort = "cut short"
+
+// MaxExeHashSize is the largest executable Take hashes, in bytes; a larger
+// one gets exe_error instead of exe_sha256.
+const MaxExeHashSize = 256 << 20
 
 // Request says what snapshot to take and who signs it.
 type Request struct {
@@ -49,134 +122,50 @@ type Request struct {
 	// collection with a budget of ClockProbeBudget; a failure is recorded
 	// in the manifest (clock_offset_error), not fatal.
 	ClockProbe func(ctx context.Context) (time.Duration, error)
+	// Sandbox goes into the manifest as it is: how the agent was kept from
+	// writing to disk, and which process collected.
+	Sandbox string
 }
 
-// Artifact names and sources, as they appear in the manifest.
+// Artifact names, as they appear in the manifest (artifacts/<name>.jsonl),
+// in the order Take collects them.
 const (
 	ClockArtifact       = "clock"
 	HostArtifact        = "host"
 	ConnectionsArtifact = "connections"
+	ConntrackArtifact   = "conntrack"
 	ProcessesArtifact   = "processes"
-
-	clockSource       = "clock_gettime(2) CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME; /proc/uptime (proc(5)); TZ, /etc/localtime (tzfile(5)); controller clock probe"
-	hostSource        = "uname(2) nodename; /etc/machine-id (machine-id(5)); /proc/sys/kernel/random/boot_id, /proc/sys/kernel/osrelease (proc(5))"
-	connectionsSource = "/proc/net/tcp, /proc/net/tcp6, /proc/net/udp, /proc/net/udp6, /proc/[pid]/fd (proc(5)), via gopsutil net.ConnectionsWithoutUidsWithContext(\"inet\"); uid from the same tables read just before"
-	processesSource   = "/proc/[pid]/stat (comm, ppid, starttime), /proc/[pid]/cmdline, /proc/[pid]/exe, /proc/[pid]/status (uid) (proc(5)); pids, exe and uid via gopsutil process; start times counted from CLOCK_REALTIME - CLOCK_BOOTTIME; user names from /etc/passwd (passwd(5))"
+	OpenFilesArtifact   = "open_files"
+	ResourcesArtifact   = "resources"
+	RoutesArtifact      = "routes"
+	NeighboursArtifact  = "neighbours"
+	InterfacesArtifact  = "interfaces"
+	SessionsArtifact    = "sessions"
+	ModulesArtifact     = "modules"
+	MountsArtifact      = "mounts"
+	FirewallArtifact    = "firewall"
 )
 
-// ClockRecord is the one record of artifacts/clock.jsonl: the host's clocks,
-// read back to back at the start of the snapshot.
-type ClockRecord struct {
-	// SystemTime is CLOCK_REALTIME in UTC, RFC 3339 with nanoseconds;
-	// SystemTimeUnixNS the same instant in nanoseconds since the Unix epoch.
-	SystemTime time.Time `json:"system_time"`
-	// SystemTimeUnixNS is SystemTime in nanoseconds since the Unix epoch.
-	SystemTimeUnixNS int64 `json:"system_time_unix_ns"`
-	// MonotonicNS is CLOCK_MONOTONIC (time since boot, not counting
-	// suspend), BoottimeNS CLOCK_BOOTTIME (counting suspend), in
-	// nanoseconds.
-	MonotonicNS int64 `json:"monotonic_ns"`
-	// BoottimeNS is CLOCK_BOOTTIME in nanoseconds; SystemTimeUnixNS minus
-	// BoottimeNS is the wall-clock time of boot.
-	BoottimeNS int64 `json:"boottime_ns"`
-	// Timezone is the local zone's abbreviation ("UTC", "CET") and
-	// UTCOffsetSeconds its offset east of UTC at SystemTime.
-	Timezone string `json:"timezone"`
-	// UTCOffsetSeconds is the local zone's offset east of UTC, in seconds.
-	UTCOffsetSeconds int `json:"utc_offset_seconds"`
-	// TZ is the agent's TZ environment variable; LocaltimeLink the target
-	// of the /etc/localtime symlink. Either may be empty.
-	TZ string `json:"tz"`
-	// LocaltimeLink is the target of /etc/localtime, "" when not a link.
-	LocaltimeLink string `json:"localtime_link"`
-	// ControllerOffsetNS is the controller's clock minus the host's in
-	// nanoseconds, null when not measured; ControllerOffsetError says why.
-	ControllerOffsetNS *int64 `json:"controller_offset_ns"`
-	// ControllerOffsetError says why ControllerOffsetNS is null.
-	ControllerOffsetError string `json:"controller_offset_error,omitempty"`
-}
-
-// Identity identifies a host.
-type Identity struct {
-	// Hostname is the kernel's host name (os.Hostname).
-	Hostname string `json:"hostname"`
-	// MachineID is /etc/machine-id (machine-id(5)), 32 hex digits.
-	MachineID string `json:"machine_id"`
-	// BootID is /proc/sys/kernel/random/boot_id, a UUID that changes on
-	// every boot.
-	BootID string `json:"boot_id"`
-	// Kernel is the kernel release, /proc/sys/kernel/osrelease.
-	Kernel string `json:"kernel"`
-}
-
-// HostRecord is the one record of artifacts/host.jsonl.
-type HostRecord struct {
-	// Name is the host's Cordon name (Request.HostName).
-	Name string `json:"name"`
-	Identity
-}
-
-// ConnectionRecord is one record of artifacts/connections.jsonl: a TCP or
-// UDP socket, IPv4 or IPv6, listening ones included.
-type ConnectionRecord struct {
-	// Family is "inet" or "inet6"; an IPv4 peer of an inet6 socket shows
-	// as a dotted IPv4 address.
-	Family string `json:"family"`
-	// Type is "tcp" or "udp".
-	Type string `json:"type"`
-	// LocalAddr is the local IP address in text form; "0.0.0.0" or "::"
-	// when bound to every address.
-	LocalAddr string `json:"local_addr"`
-	// LocalPort is the local port; 0 when unbound.
-	LocalPort uint16 `json:"local_port"`
-	// RemoteAddr is the peer's IP address; "0.0.0.0" or "::" when not
-	// connected.
-	RemoteAddr string `json:"remote_addr"`
-	// RemotePort is the peer's port; 0 when not connected.
-	RemotePort uint16 `json:"remote_port"`
-	// State is the TCP state ("LISTEN", "ESTABLISHED", "TIME_WAIT", …);
-	// "NONE" for UDP.
-	State string `json:"state"`
-	// PID is a process holding the socket in its fd table; 0 when unknown,
-	// e.g. in TIME_WAIT or held only by processes in another PID
-	// namespace. When several processes share the socket (after fork),
-	// only the first found is given.
-	PID int32 `json:"pid"`
-	// UID owns the socket, from the uid column of /proc/net/*; null when
-	// the socket was not found there.
-	UID *uint32 `json:"uid"`
-}
-
-// ProcessRecord is one record of artifacts/processes.jsonl.
-type ProcessRecord struct {
-	// PID is the process ID (in the agent's PID namespace).
-	PID int32 `json:"pid"`
-	// PPID is the parent's process ID; 0 for init and kthreadd.
-	PPID int32 `json:"ppid"`
-	// Name is the kernel's comm (field 2 of /proc/[pid]/stat, at most 15
-	// bytes), never derived from argv, which a process can rewrite.
-	Name string `json:"name"`
-	// Exe is the target of /proc/[pid]/exe; "" for kernel threads and
-	// zombies, " (deleted)" appended when the file was deleted.
-	Exe string `json:"exe"`
-	// Cmdline is argv as the process presents it in /proc/[pid]/cmdline,
-	// empty arguments kept; empty for kernel threads and zombies.
-	Cmdline []string `json:"cmdline"`
-	// User is the name of UID in /etc/passwd, "" when not there.
-	User string `json:"user"`
-	// UID is the real user ID; null when it could not be read.
-	UID *uint32 `json:"uid"`
-	// StartTime is when the process started, UTC, RFC 3339: boot time
-	// (CLOCK_REALTIME − CLOCK_BOOTTIME at the snapshot) plus starttime from
-	// /proc/[pid]/stat, so 10 ms resolution; "" when unknown.
-	StartTime string `json:"start_time"`
-	// Error says what could not be read; it starts with "exited during
-	// the scan" for a process that vanished mid-scan.
-	Error string `json:"error,omitempty"`
+// sources says where each artifact comes from, for the manifest.
+var sources = []struct{ name, source string }{
+	{ClockArtifact, "clock_gettime(2) CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME; /proc/uptime (proc(5)); TZ, /etc/localtime (tzfile(5)); controller clock probe"},
+	{HostArtifact, "uname(2); /etc/machine-id (machine-id(5)); /proc/sys/kernel/random/boot_id, osrelease, version, tainted (proc(5)); /etc/os-release (os-release(5)); /proc/uptime; /sys/class/dmi/id/* (SMBIOS); /var/lib/cloud/data/instance-id (cloud-init)"},
+	{ConnectionsArtifact, "/proc/[pid]/net/tcp, tcp6, udp, udp6, raw, raw6, unix, packet (proc(5)) of one process per network namespace (/proc/[pid]/ns/net, namespaces(7)), or of a thread joined to it with setns(2); owners from /proc/[pid]/fd (proc(5)); unix peers and owners from sock_diag(7) (UNIX_DIAG_PEER, UNIX_DIAG_UID)"},
+	{ConntrackArtifact, "nfnetlink_conntrack (IPCTNL_MSG_CT_GET dump, as conntrack(8) -L) in each network namespace"},
+	{ProcessesArtifact, "/proc/[pid]/stat, status, cmdline, environ (names only), cgroup, exe, cwd, root, ns/*, fd (proc(5)), each process read through one open /proc/[pid] handle; executable SHA-256 read through /proc/[pid]/exe with O_NOATIME (open(2)); names from /etc/passwd (passwd(5)) and /etc/group (group(5))"},
+	{OpenFilesArtifact, "readlink(2) of /proc/[pid]/fd/* (proc(5))"},
+	{ResourcesArtifact, "/proc/loadavg, /proc/meminfo, /proc/stat (proc(5)) through gopsutil (load.Avg, mem.VirtualMemory, mem.SwapMemory, cpu.Times)"},
+	{RoutesArtifact, "rtnetlink(7) RTM_GETROUTE, every table, in each network namespace; raw /proc/[pid]/net/route, ipv6_route (proc(5))"},
+	{NeighboursArtifact, "rtnetlink(7) RTM_GETNEIGH in each network namespace; raw /proc/[pid]/net/arp (proc(5))"},
+	{InterfacesArtifact, "rtnetlink(7) RTM_GETLINK, RTM_GETADDR in each network namespace; raw /proc/[pid]/net/dev (proc(5))"},
+	{SessionsArtifact, "/run/utmp, /var/log/wtmp, /var/log/btmp (struct utmp, utmp(5)), read with O_NOATIME; /run/systemd/sessions/* (systemd-logind)"},
+	{ModulesArtifact, "/proc/modules (proc(5), lsmod(8))"},
+	{MountsArtifact, "/proc/[pid]/mountinfo (proc(5)) of one process per mount namespace"},
+	{FirewallArtifact, "iptables-save(8), ip6tables-save(8), nft(8) list ruleset, run in the agent's network namespace before isolation"},
 }
 
 // HostIdentity reads the identity of the host the caller runs on, from
-// os.Hostname, /etc/machine-id, /proc/sys/kernel/random/boot_id and
+// uname(2), /etc/machine-id, /proc/sys/kernel/random/boot_id and
 // /proc/sys/kernel/osrelease. A field that cannot be read is "".
 func HostIdentity() Identity {
 	id, _, _ := readIdentity()
@@ -189,50 +178,120 @@ type rawFile struct {
 	data []byte
 }
 
-// collected holds one artifact's results before they go into the bundle.
-type collected struct {
-	records any
-	raws    []rawFile
-	errs    []string
+// collection is one Take in progress: the builder, one writer per JSONL
+// artifact, and the raw artifacts being written.
+type collection struct {
+	ctx context.Context
+	b   *evidence.Builder
+	art map[string]*artifact
+
+	mu      sync.Mutex
+	raws    []*evidence.ArtifactWriter
+	closing bool // no more raw artifacts: Take is finishing
+
+	clock     ClockRecord
+	bootEpoch time.Time
+}
+
+// artifact is one JSONL artifact being written.
+type artifact struct {
+	c    *collection
+	name string
+	w    *evidence.ArtifactWriter
+}
+
+// errorf records a collection error with the artifact.
+func (a *artifact) errorf(format string, args ...any) {
+	a.w.AddError(fmt.Sprintf(format, args...))
+}
+
+// cutShort records that the artifact is incomplete because ctx ended;
+// what says how far it got.
+func (a *artifact) cutShort(what string) {
+	msg := CutShort + ": " + context.Cause(a.c.ctx).Error()
+	if what != "" {
+		msg += ": " + what
+	}
+	a.w.AddError(msg)
+}
+
+// encode writes one record; false means the artifact was closed (cut off)
+// and the caller should stop.
+func (a *artifact) encode(v any) bool {
+	if err := a.w.Encode(v); err != nil {
+		if !errors.Is(err, evidence.ErrArtifactClosed) {
+			a.errorf("encode record: %v", err)
+		}
+		return false
+	}
+	return true
+}
+
+// lines writes pre-encoded records; false as for encode.
+func (a *artifact) lines(p []byte) bool {
+	if len(p) == 0 {
+		return true
+	}
+	return a.w.WriteLines(p) == nil
+}
+
+// close closes the artifact; closing one already cut off is fine.
+func (a *artifact) close() {
+	if err := a.w.Close(); err != nil && !errors.Is(err, evidence.ErrArtifactClosed) {
+		a.w.Cut(err.Error())
+	}
+}
+
+// raw adds raw text for the artifact, as raw/<path>.
+func (a *artifact) raw(path string, data []byte) {
+	w := a.rawWriter(path)
+	if w == nil {
+		return
+	}
+	if _, err := w.Write(data); err != nil && !errors.Is(err, evidence.ErrArtifactClosed) {
+		a.errorf("raw %s: %v", path, err)
+	}
+	w.Close()
+}
+
+// rawWriter starts raw/<path> for the artifact; nil when it cannot (the
+// reason is recorded with the artifact).
+func (a *artifact) rawWriter(path string) *evidence.ArtifactWriter {
+	c := a.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closing {
+		return nil
+	}
+	w, err := c.b.CreateRaw(path, "raw text of "+path+", for artifacts/"+a.name+".jsonl")
+	if err != nil {
+		a.errorf("raw %s: %v", path, err)
+		return nil
+	}
+	c.raws = append(c.raws, w)
+	return w
 }
 
 // Take captures the host's volatile state and returns it as a signed
 // evidence bundle, built in memory. See the package documentation for what
-// it collects and its guarantees. It returns an error only when req cannot
-// be signed or built into a bundle, or when ctx ends (then ctx.Err(),
-// wrapped).
+// it collects and its guarantees. It returns the evidence gathered so far,
+// artifacts cut short marked so in their errors, by about ctx's deadline
+// (see WrapUpGrace), or about WrapUpGrace after ctx is cancelled; add the
+// few milliseconds it takes to sign. It returns an error only when req has
+// no signer or the bundle cannot be built or signed.
 func Take(ctx context.Context, req Request) (*evidence.Bundle, error) {
 	if req.Signer == nil {
 		return nil, errors.New("snapshot: no signer")
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
-	}
 	started := time.Now()
 	probe := startClockProbe(ctx, req.ClockProbe)
 
-	// In order of volatility.
+	// In order of volatility: the clocks, then who the host is, both
+	// quick and always collected.
 	clock, clockRaws, clockErrs := collectClock()
-	host, hostRaws, hostErrs := readIdentity()
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
-	}
-	conns := collectConnections(ctx)
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
-	}
-	var bootEpoch time.Time
-	if clock.BoottimeNS > 0 {
-		bootEpoch = time.Unix(0, clock.SystemTimeUnixNS-clock.BoottimeNS)
-	}
-	procs := collectProcesses(ctx, bootEpoch)
-	if err := ctx.Err(); err != nil {
-		return nil, fmt.Errorf("snapshot: %w", err)
-	}
-	offset, offsetErr := probe.wait()
-	finished := time.Now()
+	host, hostRaws, hostErrs := collectHost(req.HostName)
 
-	m := evidence.Manifest{
+	b := evidence.NewBuilder(evidence.Manifest{
 		SnapshotID: req.SnapshotID,
 		OrderID:    req.OrderID,
 		Incident:   req.Incident,
@@ -245,36 +304,91 @@ func Take(ctx context.Context, req Request) (*evidence.Bundle, error) {
 		},
 		AgentVersion: req.AgentVersion,
 		StartedAt:    started,
+		Sandbox:      req.Sandbox,
+	})
+	// The collectors stop at cctx, early enough to wrap up by ctx's
+	// deadline.
+	cctx, grace := ctx, WrapUpGrace
+	if dl, ok := ctx.Deadline(); ok {
+		grace = min(WrapUpGrace, max(time.Until(dl)/5, 0))
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithDeadline(ctx, dl.Add(-grace))
+		defer cancel()
 	}
-	if offsetErr != nil {
-		m.ClockOffsetError = offsetErr.Error()
-		clock.ControllerOffsetError = m.ClockOffsetError
-	} else {
-		ns := offset.Nanoseconds()
-		m.ClockOffsetNS = &ns
-		clock.ControllerOffsetNS = &ns
+	c := &collection{ctx: cctx, b: b, art: map[string]*artifact{}, clock: clock}
+	if clock.BoottimeNS > 0 {
+		c.bootEpoch = time.Unix(0, clock.SystemTimeUnixNS-clock.BoottimeNS)
 	}
-
-	b := evidence.NewBuilder(m)
-	for _, a := range []struct {
-		name, source string
-		c            collected
-	}{
-		{ClockArtifact, clockSource, collected{[]ClockRecord{clock}, clockRaws, clockErrs}},
-		{HostArtifact, hostSource, collected{[]HostRecord{{Name: req.HostName, Identity: host}}, hostRaws, hostErrs}},
-		{ConnectionsArtifact, connectionsSource, conns},
-		{ProcessesArtifact, processesSource, procs},
-	} {
-		if err := b.AddJSONL(a.name, a.source, a.c.records, a.c.errs); err != nil {
+	for _, s := range sources {
+		w, err := b.CreateJSONL(s.name, s.source)
+		if err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
-		for _, r := range a.c.raws {
-			if err := b.AddRaw(r.path, "raw text of "+r.path+", for artifacts/"+a.name+".jsonl", r.data, nil); err != nil {
-				return nil, fmt.Errorf("snapshot: %w", err)
-			}
-		}
+		c.art[s.name] = &artifact{c: c, name: s.name, w: w}
 	}
-	bundle, err := b.Finish(req.Signer, finished)
+	for _, r := range clockRaws {
+		c.art[ClockArtifact].raw(r.path, r.data)
+	}
+	ha := c.art[HostArtifact]
+	ha.encode(host)
+	for _, r := range hostRaws {
+		ha.raw(r.path, r.data)
+	}
+	for _, e := range hostErrs {
+		ha.errorf("%s", e)
+	}
+	ha.close()
+
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.run()
+	}()
+	select {
+	case <-done:
+	case <-cctx.Done():
+		t := time.NewTimer(grace)
+		select {
+		case <-done:
+		case <-t.C:
+		}
+		t.Stop()
+	}
+	// Whatever is still open was cut off: a collector stuck in a read
+	// (a hung file system) or not started. Its goroutine ends when the
+	// read returns; its writes fail from now on.
+	c.mu.Lock()
+	c.closing = true
+	raws := c.raws
+	c.mu.Unlock()
+	reason := CutShort + ": still being collected when the snapshot's time ran out"
+	if err := context.Cause(cctx); err != nil {
+		reason = CutShort + ": " + err.Error() + ": still being collected when the snapshot's time ran out"
+	}
+	for _, s := range sources[1:] {
+		c.art[s.name].w.Cut(reason)
+	}
+	for _, w := range raws {
+		w.Cut(reason)
+	}
+
+	offset, offsetErr := probe.wait()
+	if offsetErr != nil {
+		clock.ControllerOffsetError = offsetErr.Error()
+	} else {
+		ns := offset.Nanoseconds()
+		clock.ControllerOffsetNS = &ns
+	}
+	ca := c.art[ClockArtifact]
+	ca.encode(clock)
+	for _, e := range clockErrs {
+		ca.errorf("%s", e)
+	}
+	ca.close()
+	b.UpdateManifest(func(m *evidence.Manifest) {
+		m.ClockOffsetNS, m.ClockOffsetError = clock.ControllerOffsetNS, clock.ControllerOffsetError
+	})
+	bundle, err := b.Finish(req.Signer, time.Now())
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
