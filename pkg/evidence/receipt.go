@@ -49,7 +49,7 @@ type Receipt struct {
 // JSON text and its armored SSHSIG signature (namespace cordon-receipt), so
 // that stock OpenSSH can check it:
 //
-//	jq -r .receipt r.json > receipt.json; jq -r .signature r.json > receipt.sig
+//	jq -j .receipt r.json > receipt.json; jq -r .signature r.json > receipt.sig
 //	ssh-keygen -Y verify -f allowed_signers -I controller -n cordon-receipt -s receipt.sig < receipt.json
 type ReceiptFile struct {
 	Receipt   string `json:"receipt"`
