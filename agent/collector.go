@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"sync"
-	"syscall"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -75,7 +74,7 @@ func StartCollector(keyPath string) (*Collector, error) {
 		return nil, err
 	}
 	cmd := exec.Command(exe, "collector", "--key", keyPath)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	dieWithParent(cmd)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -187,6 +186,11 @@ func readFrameLoose(r io.Reader, v any) error {
 func RunCollector(in io.Reader, out io.Writer, signer ssh.Signer) error {
 	r := bufio.NewReader(in)
 	w := bufio.NewWriterSize(out, 1<<20)
+	// Hash the executables running now, ahead of any incident, so that the
+	// first snapshot of one does not wait for large binaries to be read.
+	warm, stopWarm := context.WithCancel(context.Background())
+	defer stopWarm()
+	go snapshot.WarmHashes(warm)
 	for {
 		var req CollectRequest
 		if err := readFrameLoose(r, &req); err != nil {

@@ -3,7 +3,9 @@ package agent
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
+	"syscall"
 
 	"github.com/landlock-lsm/go-landlock/landlock"
 	llsys "github.com/landlock-lsm/go-landlock/landlock/syscall"
@@ -43,4 +45,10 @@ func RestrictWrites(runtimeDir string) (string, error) {
 		return "", fmt.Errorf("landlock: %w", err)
 	}
 	return fmt.Sprintf("landlock ABI %d: writes allowed only to %s", abi, strings.Join(writable, ", ")), nil
+}
+
+// dieWithParent has the kernel kill cmd when the agent dies
+// (PR_SET_PDEATHSIG, prctl(2)).
+func dieWithParent(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 }

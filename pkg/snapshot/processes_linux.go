@@ -2,6 +2,7 @@ package snapshot
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -483,6 +484,81 @@ func (h *hashCache) claim(key exeKey) (*exeHash, bool) {
 	return e, true
 }
 
+// fileKey identifies a file's content without reading it: an in-place
+// write changes its size or its mtime, and always its ctime, which no
+// system call can set back (only moving the system clock could).
+type fileKey struct {
+	dev, ino, size   uint64
+	mtimeNS, ctimeNS int64
+}
+
+func fileKeyOf(st *unix.Stat_t) fileKey {
+	return fileKey{dev: st.Dev, ino: st.Ino, size: uint64(st.Size), mtimeNS: st.Mtim.Nano(), ctimeNS: st.Ctim.Nano()}
+}
+
+// knownHashes keeps executable hashes from one snapshot to the next in a
+// long-lived process (the agent's collector), so that containment does not
+// wait for large binaries to be read again; WarmHashes fills it ahead of any
+// incident. Bounded: when full, it is emptied and refills.
+var knownHashes = &persistentHashes{m: map[fileKey]string{}}
+
+// maxKnownHashes bounds knownHashes.
+const maxKnownHashes = 1 << 16
+
+type persistentHashes struct {
+	mu sync.Mutex
+	m  map[fileKey]string
+}
+
+func (p *persistentHashes) get(k fileKey) (string, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s, ok := p.m[k]
+	return s, ok
+}
+
+func (p *persistentHashes) put(k fileKey, sum string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.m) >= maxKnownHashes {
+		clear(p.m)
+	}
+	p.m[k] = sum
+}
+
+// WarmHashes hashes the executables of the processes running now, so that
+// the next snapshot in this process finds them known. It reads with
+// O_NOATIME, writes nothing, and returns when done or when ctx ends; the
+// agent's collector runs it once at start.
+func WarmHashes(ctx context.Context) {
+	pids, err := listPIDs()
+	if err != nil {
+		return
+	}
+	var s scanner
+	seen := map[exeKey]bool{}
+	for _, pid := range pids {
+		if ctx.Err() != nil {
+			return
+		}
+		dfd, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(dfd, "exe", &st, 0) == nil && st.Size <= MaxExeHashSize && !seen[exeKey{st.Dev, st.Ino}] {
+			seen[exeKey{st.Dev, st.Ino}] = true
+			fk := fileKeyOf(&st)
+			if _, ok := knownHashes.get(fk); !ok {
+				if sum, errMsg := s.hash(dfd, st); errMsg == "" && sum != "" {
+					knownHashes.put(fk, sum)
+				}
+			}
+		}
+		unix.Close(dfd)
+	}
+}
+
 // exe fills the executable's identity and hash.
 func (s *scanner) exe(dfd int, rec *ProcessRecord) {
 	var st unix.Stat_t
@@ -500,7 +576,15 @@ func (s *scanner) exe(dfd int, rec *ProcessRecord) {
 	}
 	e, mine := s.hashes.claim(exeKey{st.Dev, st.Ino})
 	if mine {
-		e.sum, e.err = s.hash(dfd, st)
+		fk := fileKeyOf(&st)
+		if sum, ok := knownHashes.get(fk); ok {
+			e.sum = sum
+		} else {
+			e.sum, e.err = s.hash(dfd, st)
+			if e.err == "" && e.sum != "" {
+				knownHashes.put(fk, e.sum)
+			}
+		}
 		close(e.done)
 	} else {
 		select {
