@@ -181,6 +181,9 @@ type AgentOptions struct {
 	Key         string   // default: Stage.AgentKey
 	Env         []string // added to the environment
 	Args        []string // added to the command line
+	// Wrap, if set, is a command the agent runs under, inside the
+	// namespace (setpriv with the systemd unit's capabilities, say).
+	Wrap []string
 }
 
 // StartAgent runs cordon-agent with the real iptables plugin in the host's
@@ -202,7 +205,11 @@ func (s *Stage) StartAgent(o AgentOptions) error {
 	}
 	args = append(args, o.Args...)
 	s.AgentLog = &LogBuf{}
-	s.agentCmd = s.Host.Command(s.bin("cordon-agent"), args...)
+	if len(o.Wrap) > 0 {
+		s.agentCmd = s.Host.Command(o.Wrap[0], append(append(o.Wrap[1:], s.bin("cordon-agent")), args...)...)
+	} else {
+		s.agentCmd = s.Host.Command(s.bin("cordon-agent"), args...)
+	}
 	s.agentCmd.Env = append(os.Environ(), o.Env...)
 	s.agentCmd.Stdout, s.agentCmd.Stderr = s.AgentLog, s.AgentLog
 	return s.Host.Start(s.agentCmd)
@@ -401,3 +408,7 @@ func (s *Stage) StopController() {
 		netlab.Stop(s.ctlCmd, 10*time.Second)
 	}
 }
+
+// AgentPID is the agent's PID (the wrapped command's, when Wrap was used:
+// setpriv and ip netns exec exec, so it is the same process).
+func (s *Stage) AgentPID() int { return s.agentCmd.Process.Pid }
