@@ -80,14 +80,15 @@ manifest's SSH signature (namespace cordon-evidence) and the size and SHA-256
 of every artifact it lists. Exit status 0 only when all hold; otherwise the
 first thing that does not is named.
 
+The signer must be tied to a trusted key, one way or the other:
 'cordon snapshot download' writes the receipt next to the bundle
-(PATH.receipt.json). It is signed with the controller's host key, checked
+(PATH.receipt.json); it is signed with the controller's host key, checked
 against --controller-fingerprint (or CORDON_CONTROLLER_FINGERPRINT), and names
 the bundle's SHA-256 and the enrolled agent key that sent it, which then must
-have signed the manifest. Without a receipt, give --agent-key with the host's
-enrolled key (a .pub file, or its SHA256:… fingerprint from 'cordon hosts');
-without either, the signature is only checked against the key the manifest
-itself names, which anyone can replace, and a warning says so.`,
+have signed the manifest, and says whether the bundle verified on arrival.
+Without a receipt, give --agent-key with the host's enrolled key (a .pub
+file, or its SHA256:… fingerprint from 'cordon hosts'). A bundle signed by a
+key only the bundle itself names fails: anyone can make one.`,
 		Args: exactArgs(1, "a bundle path"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runSnapshotVerify(g, args[0], keyFile, receiptFile, noReceipt)
@@ -255,6 +256,9 @@ func runSnapshotVerify(g *globals, path, agentKey, receiptPath string, noReceipt
 		opts.TrustedKeys = []ssh.PublicKey{k}
 		wantFP = sshkey.Fingerprint(k)
 	}
+	if noReceipt && receiptPath != "" {
+		return usageErr("--receipt and --no-receipt contradict each other")
+	}
 	// The controller's receipt, next to the bundle unless named.
 	var rec *evidence.Receipt
 	var recErr error
@@ -312,6 +316,13 @@ func runSnapshotVerify(g *globals, path, agentKey, receiptPath string, noReceipt
 			if err := rec.Check(sum, rep); err != nil {
 				verr = &evidence.VerifyError{Path: filepath.Base(receiptPath), Reason: err.Error()}
 			}
+		case wantFP == "":
+			// Hashes and signature hold, but for a key the bundle names
+			// itself: anyone can make such a bundle.
+			verr = &evidence.VerifyError{Path: evidence.SignaturePath, Reason: fmt.Sprintf(
+				"signed by %s, a key the bundle names itself and nothing vouches for: keep the controller's receipt (%s) next to the bundle "+
+					"and give --controller-fingerprint, or give --agent-key with the host's enrolled key ('cordon hosts')",
+				rep.SignerFingerprint, filepath.Base(path)+evidence.ReceiptSuffix)}
 		}
 	}
 	res := VerifyResult{Path: path, OK: verr == nil, Receipt: receiptPath}
@@ -341,14 +352,8 @@ func runSnapshotVerify(g *globals, path, agentKey, receiptPath string, noReceipt
 			fmt.Fprintf(g.io.Out, "  receipt: signed by the controller %s: received %s from the agent key %s\n",
 				rec.ControllerKeyFingerprint, rec.ReceivedAt.Format(time.RFC3339Nano), rec.AgentKeyFingerprint)
 			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by that agent key\n", evidence.Namespace)
-		case res.SignerTrusted:
-			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by the trusted agent key %s\n", evidence.Namespace, rep.SignerFingerprint)
 		default:
-			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by the key the manifest names, %s\n"+
-				"  WARNING: that key was not checked against a trusted one; anyone can sign with a key of their own.\n"+
-				"           Keep the controller's receipt (%s) next to the bundle and give --controller-fingerprint,\n"+
-				"           or pass --agent-key with the host's enrolled key ('cordon hosts').\n", evidence.Namespace, rep.SignerFingerprint,
-				filepath.Base(path)+evidence.ReceiptSuffix)
+			fmt.Fprintf(g.io.Out, "  signature: valid, namespace %s, by the trusted agent key %s\n", evidence.Namespace, rep.SignerFingerprint)
 		}
 		fmt.Fprintf(g.io.Out, "  artifacts: %d files, every size and SHA-256 matches the manifest\n", rep.Files)
 		for _, a := range m.Artifacts {

@@ -10,6 +10,7 @@ import (
 	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/internal/stage"
 	"github.com/cordon-ir/cordon/pkg/evidence"
+	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
 
 // TestSnapshotTakeAndCustody: a snapshot without isolation, the
@@ -64,6 +65,15 @@ func TestSnapshotTakeAndCustody(t *testing.T) {
 	bad := filepath.Join(t.TempDir(), "bad.receipt.json")
 	os.WriteFile(bad, []byte(strings.Replace(string(rb), `verified_at_receipt\":true`, `verified_at_receipt\":false`, 1)), 0o600)
 	check("edited receipt", bundle, bad, "receipt")
+	// A receipt by which the controller says the bundle did not verify on
+	// arrival: a genuine signature, still a failure.
+	unverified := filepath.Join(t.TempDir(), "unverified.receipt.json")
+	os.WriteFile(unverified, signedReceipt(t, w, rb, func(r *evidence.Receipt) { r.Verified, r.VerifyError = false, "bad signature" }), 0o600)
+	check("receipt saying the bundle did not verify", bundle, unverified, "did not verify: bad signature")
+	_, errOut, code := w.Cordon("snapshot", "verify", bundle, "--no-receipt", "--receipt", receipt)
+	if code != 2 {
+		t.Errorf("--no-receipt with --receipt: exit %d (%s), want 2", code, errOut)
+	}
 
 	second := w.mustCordon("snapshot", "take", "host", hostName, "--reason", "second", "--wait", "-o", "json")
 	var ord2 api.Order
@@ -94,4 +104,29 @@ func TestSnapshotTakeAndCustody(t *testing.T) {
 		cust[0].SHA256 != ord.SnapshotSHA256 {
 		t.Errorf("custody = %+v", cust)
 	}
+}
+
+// signedReceipt re-signs a receipt file's receipt, changed by edit, with
+// the controller's real host key, as a controller that recorded a failed
+// verification would.
+func signedReceipt(t *testing.T, w *world, file []byte, edit func(*evidence.Receipt)) []byte {
+	t.Helper()
+	var rf evidence.ReceiptFile
+	if err := json.Unmarshal(file, &rf); err != nil {
+		t.Fatal(err)
+	}
+	var r evidence.Receipt
+	if err := json.Unmarshal([]byte(rf.Receipt), &r); err != nil {
+		t.Fatal(err)
+	}
+	edit(&r)
+	key, err := sshkey.Load(filepath.Join(w.DataDir, "host_ed25519"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := evidence.SignReceipt(r, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }

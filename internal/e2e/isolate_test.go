@@ -165,9 +165,9 @@ func TestIsolateEndToEnd(t *testing.T) {
 	if code == 0 || !strings.Contains(errOut, "manifest.json.sig") {
 		t.Errorf("verify of a re-signed bundle with --agent-key: exit %d, stderr %q", code, errOut)
 	}
-	out = w.mustCordon("snapshot", "verify", forged)
-	if !strings.Contains(out, "WARNING: that key was not checked against a trusted one") {
-		t.Errorf("verify without --agent-key does not warn that the signer is unchecked:\n%s", out)
+	_, errOut, code = w.Cordon("snapshot", "verify", forged)
+	if code == 0 || !strings.Contains(errOut, "nothing vouches for") {
+		t.Errorf("verify of a bundle signed by a key only it names: exit %d, stderr %q; want a failure saying so", code, errOut)
 	}
 
 	// Release: the controller still exchanges orders with the agent, and

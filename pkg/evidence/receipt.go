@@ -120,8 +120,9 @@ func OpenReceipt(file []byte, controllerFP string) (*Receipt, error) {
 }
 
 // Check compares the receipt with a bundle's verification report and its
-// SHA-256 (hex): same bundle, same snapshot and host, signed by the agent
-// key the controller received it from.
+// SHA-256 (hex): same bundle, snapshot, order and host, signed by the agent
+// key the controller received it from, and verified by the controller on
+// arrival.
 func (r *Receipt) Check(bundleSHA256 string, rep *Report) error {
 	m := rep.Manifest
 	switch {
@@ -129,10 +130,14 @@ func (r *Receipt) Check(bundleSHA256 string, rep *Report) error {
 		return fmt.Errorf("%w: it is for bundle sha256 %s, this bundle is %s", ErrReceipt, r.BundleSHA256, bundleSHA256)
 	case r.SnapshotID != m.SnapshotID:
 		return fmt.Errorf("%w: it is for snapshot %s, the manifest names %s", ErrReceipt, r.SnapshotID, m.SnapshotID)
+	case r.OrderID != m.OrderID:
+		return fmt.Errorf("%w: it is for order %q, the manifest names %q", ErrReceipt, r.OrderID, m.OrderID)
 	case r.Host != m.Host.Name:
 		return fmt.Errorf("%w: it is for host %s, the manifest names %s", ErrReceipt, r.Host, m.Host.Name)
 	case r.AgentKeyFingerprint != rep.SignerFingerprint:
 		return fmt.Errorf("%w: the controller received it from agent key %s, the manifest is signed by %s", ErrReceipt, r.AgentKeyFingerprint, rep.SignerFingerprint)
+	case !r.Verified:
+		return fmt.Errorf("%w: the controller found on arrival that the bundle did not verify: %s", ErrReceipt, r.VerifyError)
 	}
 	return nil
 }
