@@ -93,12 +93,13 @@ type Agent struct {
 	lastRemote netip.AddrPort // controller endpoint last connected to
 	connCh     chan struct{}  // closed and replaced when conn changes
 
-	// queue holds received orders; one worker carries them out one at a
-	// time, in the order they arrived.
-	queue   chan wire.Order
-	ordMu   sync.Mutex
-	orders  map[string]bool // ids of orders received since start
-	ordList []string
+	// queue holds received isolate and release orders, snapQueue snapshot
+	// orders; one worker carries them out one at a time, each queue in the
+	// order it arrived, containment first.
+	queue, snapQueue chan wire.Order
+	ordMu            sync.Mutex
+	orders           map[string]bool // ids of orders received since start
+	ordList          []string
 	// inForce is the policy this agent applied and has in force, nil when
 	// the host is not isolated; inForceKnown is false when the host was
 	// found isolated at start, by rules whose policy this agent never saw.
@@ -137,11 +138,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	log := cfg.Logger.With("component", "agent", "host", cfg.Name)
 	a := &Agent{
-		cfg:    cfg,
-		log:    log,
-		connCh: make(chan struct{}),
-		orders: make(map[string]bool),
-		queue:  make(chan wire.Order, maxQueued),
+		cfg:       cfg,
+		log:       log,
+		connCh:    make(chan struct{}),
+		orders:    make(map[string]bool),
+		queue:     make(chan wire.Order, maxQueued),
+		snapQueue: make(chan wire.Order, maxQueued),
 	}
 	a.fw = newPlugin(cfg.Plugin, log)
 	a.outbox = newOutbox(a)

@@ -154,6 +154,9 @@ func (c *Collector) exchange(req CollectRequest) (*evidence.Bundle, error) {
 	if resp.Error != "" {
 		return nil, fmt.Errorf("%w: %s", errCollect, resp.Error)
 	}
+	if resp.Size <= 0 || resp.Size > wire.MaxBundle {
+		return nil, fmt.Errorf("collector announced a %d-byte bundle (1 to %d)", resp.Size, int64(wire.MaxBundle))
+	}
 	b := &evidence.Bundle{SHA256: resp.SHA256, Data: make([]byte, resp.Size)}
 	if _, err := io.ReadFull(c.out, b.Data); err != nil {
 		return nil, err

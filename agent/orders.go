@@ -47,8 +47,12 @@ func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Accepted: true})
 		return
 	}
+	q := a.queue
+	if o.Kind == wire.KindSnapshot {
+		q = a.snapQueue
+	}
 	select {
-	case a.queue <- o:
+	case q <- o:
 	default:
 		a.forgetOrder(o.ID)
 		err := fmt.Sprintf("agent has %d orders waiting; try again when they are done", maxQueued)
@@ -61,25 +65,50 @@ func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 	}
 }
 
-// snapshotBudget bounds the snapshot before an isolation.
-const snapshotBudget = 30 * time.Second
+// snapshotBudget bounds the snapshot before an isolation: containment waits
+// for the evidence at most this long (a snapshot of 10,000 processes takes
+// about a second), then goes ahead with what was collected.
+const snapshotBudget = 10 * time.Second
+
+// fallbackBudget bounds a snapshot taken inside the sandbox after the
+// collector failed.
+const fallbackBudget = 5 * time.Second
 
 // maxQueued bounds the orders waiting behind the one being carried out.
 const maxQueued = 64
 
-// work carries out queued orders one at a time, in the order they arrived,
-// until ctx ends; the order under way then is finished first. Orders run on
-// a context of their own, not the connection's: a controller that goes away
-// never stops an isolation half way.
+// work carries out queued orders one at a time until ctx ends; the order
+// under way then is finished first. Isolate and release orders keep their
+// order among themselves and go before snapshot orders (triage), so that
+// containment never waits behind them. Orders run on a context of their
+// own, not the connection's: a controller that goes away never stops an
+// isolation half way.
 func (a *Agent) work(ctx context.Context) {
 	octx := context.WithoutCancel(ctx)
 	for {
-		select {
-		case <-ctx.Done():
+		o, ok := a.next(ctx)
+		if !ok {
 			return
-		case o := <-a.queue:
-			a.execute(octx, o)
 		}
+		a.execute(octx, o)
+	}
+}
+
+// next returns the next order to carry out, containment first, waiting
+// until there is one or ctx ends.
+func (a *Agent) next(ctx context.Context) (wire.Order, bool) {
+	select {
+	case o := <-a.queue:
+		return o, true
+	default:
+	}
+	select {
+	case <-ctx.Done():
+		return wire.Order{}, false
+	case o := <-a.queue:
+		return o, true
+	case o := <-a.snapQueue:
+		return o, true
 	}
 }
 
@@ -93,7 +122,7 @@ func (a *Agent) execute(ctx context.Context, o wire.Order) {
 	case wire.KindRelease:
 		a.release(ctx, l, o)
 	case wire.KindSnapshot:
-		if snapNS, err := a.capture(ctx, l, o); err != nil {
+		if snapNS, err := a.capture(ctx, l, o); err != nil && !errors.Is(err, errDegraded) {
 			a.fail(ctx, l, o, snapNS, err, "")
 		}
 	}
@@ -118,7 +147,9 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	evidenceErr := ""
 	if err != nil {
 		evidenceErr = err.Error()
-		l.Error("snapshot failed; isolating anyway", "err", err)
+		if !errors.Is(err, errDegraded) {
+			l.Error("snapshot failed; isolating anyway", "err", err)
+		}
 	}
 
 	// 2. Isolate. The controller endpoints come from the order, plus the
@@ -182,6 +213,10 @@ func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int6
 	})
 	cancel()
 	snapNS := time.Since(t0).Nanoseconds()
+	var degraded error
+	if errors.Is(err, errDegraded) {
+		degraded, err = err, nil
+	}
 	if err != nil {
 		return snapNS, fmt.Errorf("evidence capture failed: %w", err)
 	}
@@ -192,10 +227,14 @@ func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int6
 		}
 	}
 	a.outbox.addEvidence(o.ID, bundle)
-	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageSnapshot, Snapshot: ref, SnapshotNS: snapNS})
+	r := wire.Report{OrderID: o.ID, Stage: wire.StageSnapshot, Snapshot: ref, SnapshotNS: snapNS}
+	if degraded != nil {
+		r.Error = degraded.Error()
+	}
+	a.report(r)
 	l.Info("snapshot taken", "snapshot_id", snapID, "sha256", bundle.SHA256, "size", len(bundle.Data),
 		"took", time.Duration(snapNS).Round(time.Microsecond), "artifacts_with_errors", ref.Errors)
-	return snapNS, nil
+	return snapNS, degraded
 }
 
 // takeSnapshot has the collector process take the snapshot, or takes it in
@@ -231,12 +270,23 @@ func (a *Agent) takeSnapshot(ctx context.Context, l *slog.Logger, req snapshot.R
 	}
 	b, err := a.cfg.Collector.Take(ctx, cr)
 	if errors.Is(err, ErrCollectorGone) {
-		l.Error("snapshot collector lost; taking the snapshot inside the sandbox, where other processes' fd, exe and namespaces cannot be read", "err", err)
+		l.Error("snapshot collector lost; taking the snapshot inside the sandbox, where other processes' fd, exe and namespaces cannot be read; restart the agent to get the collector back", "err", err)
 		req.Sandbox = inside
-		return snapshot.Take(ctx, req)
+		// A budget of its own: the collector may have used up the order's.
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), fallbackBudget)
+		defer cancel()
+		b, ferr := snapshot.Take(fctx, req)
+		if ferr != nil {
+			return nil, ferr
+		}
+		return b, fmt.Errorf("%w: evidence degraded: %v; this snapshot was taken inside the sandbox and lacks other processes' socket owners, executable hashes and namespaces; restart the agent (systemctl restart cordon-agent) to get the collector back", errDegraded, err)
 	}
 	return b, err
 }
+
+// errDegraded marks a snapshot that was taken, but with less than it should
+// hold.
+var errDegraded = errors.New("degraded")
 
 // recover puts the host back as it was before a failed isolation. A plugin
 // that returned an error has rolled its attempt back itself; one that

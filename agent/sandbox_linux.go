@@ -44,7 +44,10 @@ func RestrictWrites(runtimeDir string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("landlock: %w", err)
 	}
-	return fmt.Sprintf("landlock ABI %d: writes allowed only to %s", abi, strings.Join(writable, ", ")), nil
+	// BestEffort enforces what both the kernel and landlock.V5 know.
+	enforced := min(abi, 5)
+	return fmt.Sprintf("landlock ABI %d (kernel %d): writes to files allowed only to %s; file metadata (chmod, chown, utimes, xattrs) is not covered by Landlock",
+		enforced, abi, strings.Join(writable, ", ")), nil
 }
 
 // dieWithParent has the kernel kill cmd when the agent dies

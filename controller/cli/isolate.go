@@ -155,6 +155,9 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 				fmt.Fprintf(g.io.Out, "FAILED: %s\n", o.Error)
 			case o.Kind == "snapshot":
 				fmt.Fprintf(g.io.Out, "snapshot taken (the host is not isolated), %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
+				if o.Error != "" {
+					fmt.Fprintf(g.io.Out, "WARNING: %s\n", o.Error)
+				}
 			case o.Kind == api.OpIsolate:
 				fmt.Fprintf(g.io.Out, "isolated: rules verified on the host (digest %s), %v after issue\n", short(o.Digest),
 					o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))

@@ -563,6 +563,11 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 			o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize, o.SnapshotNS = r.Snapshot.ID, r.Snapshot.SHA256, r.Snapshot.Size, r.SnapshotNS
 			audit.Action = "snapshot"
 			audit.Detail = fmt.Sprintf("snapshot %s taken in %v, sha256 %s, %d bytes", r.Snapshot.ID, time.Duration(r.SnapshotNS), r.Snapshot.SHA256, r.Snapshot.Size)
+			if r.Error != "" {
+				// The evidence was taken, but with less than it should hold.
+				o.Error = r.Error
+				audit.Detail += "; " + r.Error
+			}
 			if sn, err := tx.Snapshot(r.Snapshot.ID); err == nil && sn.Host == host && sn.SHA256 == r.Snapshot.SHA256 {
 				o.SnapshotStored, o.SnapshotVerified = true, sn.Verified
 			}

@@ -593,27 +593,40 @@ func (s *Server) download(ctx context.Context, op operator, req api.Request, ch 
 		return
 	}
 	defer f.Close()
+	// Custody first: whoever starts receiving the bundle is on record, even
+	// if the transfer breaks off. Without the record, no bytes.
+	custody := func(event, detail string) error {
+		now := time.Now().UTC()
+		return s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+			if err := tx.AddCustody(store.Custody{SnapshotID: snap.ID, At: now, Event: event, Actor: op.name, ActorKey: op.fp,
+				SHA256: snap.SHA256, Detail: detail}); err != nil {
+				return err
+			}
+			return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "snapshot-" + event, Host: snap.Host,
+				OrderID: snap.OrderID, Detail: "snapshot " + snap.ID + ", sha256 " + snap.SHA256 + "; " + detail})
+		})
+	}
+	if err := custody("download-started", fmt.Sprintf("%d bytes to send", snap.Size)); err != nil {
+		op.log.Error("custody entry not recorded; download refused", "snapshot_id", snap.ID, "err", err)
+		writeResponse(ch, nil, storeErr(err, ""))
+		return
+	}
 	out := apiSnapshot(snap)
 	out.Receipt = snap.Receipt
 	if err := writeResponse(ch, out, nil); err != nil {
+		custody("download-interrupted", "the answer could not be sent: "+err.Error())
 		return
 	}
 	n, err := io.Copy(ch, f)
 	if err != nil || n != snap.Size {
 		op.log.Warn("download interrupted", "snapshot_id", snap.ID, "sent", n, "err", err)
+		if cerr := custody("download-interrupted", fmt.Sprintf("%d of %d bytes sent: %v", n, snap.Size, err)); cerr != nil {
+			op.log.Error("custody entry not recorded", "snapshot_id", snap.ID, "err", cerr)
+		}
 		return
 	}
 	ch.CloseWrite()
-	now := time.Now().UTC()
-	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
-		if err := tx.AddCustody(store.Custody{SnapshotID: snap.ID, At: now, Event: "downloaded", Actor: op.name, ActorKey: op.fp,
-			SHA256: snap.SHA256, Detail: fmt.Sprintf("%d bytes sent", n)}); err != nil {
-			return err
-		}
-		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "snapshot-download", Host: snap.Host,
-			OrderID: snap.OrderID, Detail: "snapshot " + snap.ID + ", sha256 " + snap.SHA256})
-	})
-	if err != nil {
+	if err := custody("downloaded", fmt.Sprintf("%d bytes sent", n)); err != nil {
 		op.log.Error("custody entry not recorded", "snapshot_id", snap.ID, "err", err)
 	}
 	op.log.Info("snapshot downloaded", "snapshot_id", snap.ID, "host", snap.Host, "order_id", snap.OrderID)

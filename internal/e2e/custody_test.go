@@ -99,9 +99,9 @@ func TestSnapshotTakeAndCustody(t *testing.T) {
 		t.Fatal(err)
 	}
 	h, _ := w.HostState()
-	if len(cust) != 2 || cust[0].Event != "received" || cust[0].ActorKey != h.Fingerprint ||
-		!strings.Contains(cust[0].Detail, "verified at receipt") || cust[1].Event != "downloaded" || cust[1].Actor != "admin" ||
-		cust[0].SHA256 != ord.SnapshotSHA256 {
+	if len(cust) != 3 || cust[0].Event != "received" || cust[0].ActorKey != h.Fingerprint ||
+		!strings.Contains(cust[0].Detail, "verified at receipt") || cust[1].Event != "download-started" ||
+		cust[2].Event != "downloaded" || cust[2].Actor != "admin" || cust[0].SHA256 != ord.SnapshotSHA256 {
 		t.Errorf("custody = %+v", cust)
 	}
 }
