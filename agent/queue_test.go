@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"slices"
 	"testing"
 
 	"github.com/cordon-ir/cordon/pkg/wire"
@@ -26,7 +27,7 @@ func TestContainmentGoesFirst(t *testing.T) {
 		}
 		got = append(got, o.ID)
 	}
-	if want := []string{"i1", "r1", "s1", "s2"}; !equal(got, want) {
+	if want := []string{"i1", "r1", "s1", "s2"}; !slices.Equal(got, want) {
 		t.Errorf("carried out %v, want %v", got, want)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -34,16 +35,4 @@ func TestContainmentGoesFirst(t *testing.T) {
 	if _, ok := a.next(ctx); ok {
 		t.Error("next returned an order from empty queues")
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
