@@ -13,6 +13,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/cordon-ir/cordon/internal/flowcut"
 	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/policy"
 )
@@ -77,7 +78,7 @@ func New(o Options) *Plugin {
 	p.open = func(f family) (ipTables, error) { return openIPTables(f, p.wait) }
 	p.flows = conntrackTable{}
 	p.hostIPv6 = hostIPv6Addr
-	p.localAddrs = localAddrs
+	p.localAddrs = flowcut.LocalAddrs
 	return p
 }
 
@@ -412,7 +413,7 @@ func isChainOf(cs []chainPlan, name string) bool {
 // family in use, and returns how many it deleted. Failures are logged only.
 func (p *Plugin) cutFlows(eff policy.Policy, b backend, log hclog.Logger) uint64 {
 	local := p.localAddrs()
-	keep := func(fl flow) bool { return keepFlow(fl, eff, local) }
+	keep := func(fl flowcut.Flow) bool { return flowcut.Keep(fl, eff, local) }
 	var total uint64
 	for _, f := range b.families() {
 		n, err := p.flows.cut(f, keep)

@@ -291,49 +291,6 @@ func TestSplitRule(t *testing.T) {
 	}
 }
 
-func TestKeepFlow(t *testing.T) {
-	eff, _ := effective(samplePolicy(), []family{ipv4, ipv6})
-	local := func(a netip.Addr) bool {
-		return a == netip.MustParseAddr("198.18.0.2") || a == netip.MustParseAddr("fd00:c0de::2")
-	}
-	tcp := func(src string, sport int, dst string, dport int) flow {
-		s, d := netip.MustParseAddr(src), netip.MustParseAddr(dst)
-		return flow{proto: protoTCP,
-			orig:  tuple{src: s, dst: d, sport: uint16(sport), dport: uint16(dport)},
-			reply: tuple{src: d, dst: s, sport: uint16(dport), dport: uint16(sport)}}
-	}
-	cases := []struct {
-		name string
-		fl   flow
-		want bool
-	}{
-		{"agent to controller", tcp("198.18.0.2", 40000, "198.18.0.1", 7443), true},
-		{"agent to controller v6", tcp("fd00:c0de::2", 40000, "fd00:c0de::1", 7443), true},
-		// Opened from the controller's address and port: what someone who
-		// took that address would open (or the agent's own connection
-		// picked up mid-stream the wrong way round, which the host's next
-		// packet picks up again the right way).
-		{"from the controller's address and port", tcp("198.18.0.1", 7443, "198.18.0.2", 22), false},
-		{"from the controller's address and port v6", tcp("fd00:c0de::1", 7443, "fd00:c0de::2", 40000), false},
-		{"agent to controller through DNAT", flow{proto: protoTCP,
-			orig:  tuple{src: netip.MustParseAddr("198.18.0.2"), dst: netip.MustParseAddr("198.19.0.10"), sport: 40000, dport: 443},
-			reply: tuple{src: netip.MustParseAddr("198.18.0.1"), dst: netip.MustParseAddr("198.18.0.2"), sport: 7443, dport: 40000}}, true},
-		{"controller other port", tcp("198.18.0.2", 40000, "198.18.0.1", 22), false},
-		{"forwarded to controller", tcp("10.9.0.2", 40000, "198.18.0.1", 7443), false},
-		{"allowlisted peer", tcp("198.18.0.5", 40000, "198.18.0.2", 22), true},
-		{"outside in", tcp("198.18.0.3", 40000, "198.18.0.2", 8080), false},
-		{"outside v6", tcp("fd00:c0de::2", 40000, "fd00:c0de::3", 8080), false},
-		{"loopback", tcp("127.0.0.1", 40000, "127.0.0.1", 8080), true},
-		{"own address", tcp("198.18.0.2", 40000, "198.18.0.2", 8080), true},
-		{"udp to controller address", flow{proto: 17, orig: tuple{src: netip.MustParseAddr("198.18.0.2"), dst: netip.MustParseAddr("198.18.0.1"), dport: 7443}}, false},
-	}
-	for _, tc := range cases {
-		if got := keepFlow(tc.fl, eff, local); got != tc.want {
-			t.Errorf("%s: keep = %v, want %v", tc.name, got, tc.want)
-		}
-	}
-}
-
 func TestFirstIPv6(t *testing.T) {
 	lo := "00000000000000000000000000000001 01 80 10 80       lo\n"
 	if got := firstIPv6([]byte(lo)); got != "" {
