@@ -16,6 +16,7 @@ build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cordon ./controller/cmd/cordon
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cordon-agent ./agent/cmd/cordon-agent
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-iptables ./plugins/iptables
+	$(GO) build -trimpath -o $(BIN)/cordon-plugin-nftables ./plugins/nftables
 
 deps:
 	@./scripts/deps.sh
