@@ -53,6 +53,9 @@ type Config struct {
 	Name string
 	// Plugin configures the firewall plugin.
 	Plugin firewall.LaunchConfig
+	// PluginReason says why this plugin (firewall.Choose, or configured);
+	// the agent reports it to the controller.
+	PluginReason string
 	// Allow lists CIDRs that stay reachable during every isolation, in
 	// addition to each order's own allowlist.
 	Allow []netip.Prefix
@@ -71,6 +74,11 @@ type Config struct {
 	PluginTimeout time.Duration
 	// MaxBackoff caps the wait between reconnection attempts. 0 means 30 s.
 	MaxBackoff time.Duration
+	// DriftInterval is how often the rules are read back while the host
+	// is isolated, to put them back if something removed or changed them
+	// (see watchDrift); 0 means DefaultDriftInterval, negative turns drift
+	// repair off.
+	DriftInterval time.Duration
 	// Sandbox says how the agent is kept from writing to disk (see
 	// RestrictWrites), for the evidence manifest.
 	Sandbox string
@@ -105,6 +113,12 @@ type Agent struct {
 	// found isolated at start, by rules whose policy this agent never saw.
 	inForce      *policy.Policy
 	inForceKnown bool
+	// isolateOrder and isolateDigest are the isolate order in force ("" if
+	// the host was found isolated at start) and the digest of its rules as
+	// last verified, for drift repair.
+	isolateOrder, isolateDigest string
+	// execMu is held while an order or a drift repair uses the firewall.
+	execMu sync.Mutex
 }
 
 // New checks cfg and returns an Agent.
@@ -129,6 +143,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.DialTimeout == 0 {
 		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.DriftInterval == 0 {
+		cfg.DriftInterval = DefaultDriftInterval
 	}
 	if cfg.PluginTimeout == 0 {
 		cfg.PluginTimeout = 60 * time.Second
@@ -174,6 +191,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	go func() { defer wg.Done(); a.outbox.run(ctx, laneEvidence) }()
 	workerDone := make(chan struct{})
 	go func() { defer close(workerDone); a.work(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); a.watchDrift(ctx) }()
 
 	backoff := time.Second
 	for ctx.Err() == nil {
@@ -383,7 +402,7 @@ func (a *Agent) hello(ctx context.Context, conn ssh.Conn) error {
 
 // firewallState asks the plugin for the live state, for hello and reports.
 func (a *Agent) firewallState(ctx context.Context) wire.FirewallState {
-	fs := wire.FirewallState{Plugin: a.cfg.Plugin.Name}
+	fs := wire.FirewallState{Plugin: a.cfg.Plugin.Name, PluginReason: wire.CleanText(a.cfg.PluginReason, wire.MaxError)}
 	info, err := a.fw.info(ctx, 5*time.Second)
 	if err != nil {
 		fs.Error = wire.CleanText(err.Error(), wire.MaxError)

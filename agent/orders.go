@@ -114,6 +114,8 @@ func (a *Agent) next(ctx context.Context) (wire.Order, bool) {
 
 // execute carries out one order and queues its reports.
 func (a *Agent) execute(ctx context.Context, o wire.Order) {
+	a.execMu.Lock()
+	defer a.execMu.Unlock()
 	l := a.log.With("order_id", o.ID, "incident", o.Incident, "kind", string(o.Kind))
 	l.Info("order received", "reason", o.Reason, "operator", o.Operator)
 	switch o.Kind {
@@ -192,6 +194,7 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 		return
 	}
 	a.setApplied(&pol, true)
+	a.setInForceOrder(o.ID, applied.Digest)
 	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageIsolated, Digest: applied.Digest, Error: evidenceErr,
 		SnapshotNS: snapNS, ApplyNS: applyNS, VerifyNS: verifyNS, FlowsCut: applied.FlowsCut})
 	l.Info("host isolated and verified", "digest", applied.Digest, "rules", len(applied.Rules), "flows_cut", applied.FlowsCut,
@@ -385,6 +388,9 @@ func (a *Agent) refreshApplied(ctx context.Context) {
 	switch {
 	case st.Isolated:
 		a.setApplied(st.Policy, st.Policy != nil)
+		if id, _ := a.inForceOrder(); id == "" {
+			a.setInForceOrder("", st.Digest)
+		}
 	case st.Policy != nil || st.Partial != "":
 		a.setApplied(st.Policy, false)
 	default:

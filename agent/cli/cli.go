@@ -43,6 +43,7 @@ type Config struct {
 	RuntimeDir            string        `yaml:"runtime_dir"`
 	Allow                 []string      `yaml:"allow"`
 	Keepalive             time.Duration `yaml:"keepalive"`
+	DriftInterval         time.Duration `yaml:"drift_interval"`
 	LogFormat             string        `yaml:"log_format"`
 	LogLevel              string        `yaml:"log_level"`
 }
@@ -58,13 +59,14 @@ func defaults() Config {
 		rt = "/run/cordon"
 	}
 	return Config{
-		Key:        "/var/lib/cordon-agent/agent_ed25519",
-		Name:       name,
-		Plugin:     "iptables",
-		RuntimeDir: rt,
-		Keepalive:  10 * time.Second,
-		LogFormat:  "text",
-		LogLevel:   "info",
+		Key:           "/var/lib/cordon-agent/agent_ed25519",
+		Name:          name,
+		Plugin:        firewall.Auto,
+		RuntimeDir:    rt,
+		Keepalive:     10 * time.Second,
+		DriftInterval: agent.DefaultDriftInterval,
+		LogFormat:     "text",
+		LogLevel:      "info",
 	}
 }
 
@@ -172,12 +174,13 @@ the command line override the file.`,
 	f.StringVar(&cfg.EnrollToken, "enroll-token", "", "one-time enrollment `token` for the first connection")
 	f.StringVar(&cfg.Key, "key", cfg.Key, "agent private key `file`; created (ed25519) if missing")
 	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in Cordon")
-	f.StringVar(&cfg.Plugin, "plugin", cfg.Plugin, "firewall plugin `name` (runs cordon-plugin-NAME)")
+	f.StringVar(&cfg.Plugin, "plugin", cfg.Plugin, "firewall plugin `name` (runs cordon-plugin-NAME); auto chooses nftables or iptables from what the host's firewall is")
 	f.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin `directory` (default: "+DefaultPluginDir+", or the agent's own directory if the plugin is there)")
 	f.StringVar(&cfg.PluginSHA256, "plugin-sha256", "", "pin the plugin executable's SHA-256 (`hex`)")
 	f.StringVar(&cfg.RuntimeDir, "runtime-dir", cfg.RuntimeDir, "tmpfs `directory` for the plugin's socket (never the disk)")
 	f.StringArrayVar(&cfg.Allow, "allow", nil, "`CIDR` kept reachable during every isolation (repeatable)")
 	f.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "how often to check the controller answers; one unanswered interval drops and redials the connection")
+	f.DurationVar(&cfg.DriftInterval, "drift-interval", cfg.DriftInterval, "while isolated, how often to read Cordon's rules back and put them back if something removed them; 0 turns drift repair off")
 	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
 	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 	var collectorKey string
@@ -223,6 +226,7 @@ func applyFlags(fs *pflag.FlagSet, fileCfg, flagCfg *Config) {
 		"runtime-dir":            func() { fileCfg.RuntimeDir = flagCfg.RuntimeDir },
 		"allow":                  func() { fileCfg.Allow = flagCfg.Allow },
 		"keepalive":              func() { fileCfg.Keepalive = flagCfg.Keepalive },
+		"drift-interval":         func() { fileCfg.DriftInterval = flagCfg.DriftInterval },
 		"log-format":             func() { fileCfg.LogFormat = flagCfg.LogFormat },
 		"log-level":              func() { fileCfg.LogLevel = flagCfg.LogLevel },
 	}
@@ -241,8 +245,14 @@ func pluginDir(cfg Config) string {
 	}
 	if exe, err := os.Executable(); err == nil {
 		dir := filepath.Dir(exe)
-		if _, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+cfg.Plugin)); err == nil {
-			return dir
+		names := []string{cfg.Plugin}
+		if cfg.Plugin == firewall.Auto {
+			names = []string{"nftables", "iptables"}
+		}
+		for _, n := range names {
+			if _, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+n)); err == nil {
+				return dir
+			}
 		}
 	}
 	return DefaultPluginDir
@@ -252,6 +262,13 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	log, err := logging.New(errw, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return usageError{err}
+	}
+	if cfg.DriftInterval != 0 && (cfg.DriftInterval < 50*time.Millisecond || cfg.DriftInterval > time.Minute) {
+		return usageError{fmt.Errorf("--drift-interval %v: want 50ms to 1m, or 0 to turn drift repair off", cfg.DriftInterval)}
+	}
+	driftInterval := cfg.DriftInterval
+	if driftInterval == 0 {
+		driftInterval = -1 // off
 	}
 	if cfg.Keepalive < 100*time.Millisecond || cfg.Keepalive > 5*time.Minute {
 		return usageError{fmt.Errorf("--keepalive %v: want 100ms to 5m", cfg.Keepalive)}
@@ -270,6 +287,9 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if !wire.ValidHostName(cfg.Name) {
 		return usageError{fmt.Errorf("--name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)}
 	}
+	if cfg.Plugin == firewall.Auto && cfg.PluginSHA256 != "" {
+		return usageError{errors.New("--plugin-sha256 pins one plugin's executable: name it with --plugin (nftables or iptables) instead of auto")}
+	}
 	var allow []netip.Prefix
 	for _, s := range cfg.Allow {
 		p, err := policy.ParsePrefix(s)
@@ -278,6 +298,12 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		}
 		allow = append(allow, p)
 	}
+	dir := pluginDir(cfg)
+	plugin, reason, err := choosePlugin(cfg.Plugin, dir)
+	if err != nil {
+		return err
+	}
+	log.Info("firewall plugin chosen", "plugin", plugin, "reason", reason, "dir", dir)
 	// The key is made here, at start, never while handling an order.
 	signer, created, err := sshkey.LoadOrCreate(cfg.Key, "cordon-agent@"+cfg.Name)
 	if err != nil {
@@ -311,15 +337,17 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		Signer:      signer,
 		Name:        cfg.Name,
 		Plugin: firewall.LaunchConfig{
-			Dir:       pluginDir(cfg),
-			Name:      cfg.Plugin,
+			Dir:       dir,
+			Name:      plugin,
 			SHA256:    cfg.PluginSHA256,
 			SocketDir: cfg.RuntimeDir,
 			Stderr:    errw,
 		},
+		PluginReason:      reason,
 		Allow:             allow,
 		Logger:            log,
 		KeepaliveInterval: cfg.Keepalive,
+		DriftInterval:     driftInterval,
 		Sandbox:           sandbox,
 		Collector:         collector,
 	})
@@ -327,4 +355,18 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		return err
 	}
 	return a.Run(ctx)
+}
+
+// choosePlugin returns the plugin to run and why: the one configured, or
+// for firewall.Auto the one firewall.Choose picks from what the host's
+// firewall is, among those installed in dir.
+func choosePlugin(name, dir string) (plugin, reason string, err error) {
+	if name != firewall.Auto {
+		return name, "configured (--plugin " + name + ")", nil
+	}
+	installed := func(n string) bool {
+		st, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+n))
+		return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+	}
+	return firewall.Choose(firewall.ProbeHost(), installed)
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestExampleConfigLoads(t *testing.T) {
@@ -13,7 +14,7 @@ func TestExampleConfigLoads(t *testing.T) {
 	if err := LoadFile("../../deploy/agent.yaml", &cfg); err != nil {
 		t.Fatalf("deploy/agent.yaml: %v", err)
 	}
-	if cfg.Controller != "cordon.ir.example.net:7443" || cfg.Plugin != "iptables" || cfg.Key != "/var/lib/cordon-agent/agent_ed25519" {
+	if cfg.Controller != "cordon.ir.example.net:7443" || cfg.Plugin != "auto" || cfg.DriftInterval != 250*time.Millisecond || cfg.Key != "/var/lib/cordon-agent/agent_ed25519" {
 		t.Errorf("example config read as %+v", cfg)
 	}
 }

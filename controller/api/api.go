@@ -220,8 +220,16 @@ type Host struct {
 	MachineID   string    `json:"machine_id,omitempty"`
 	Agent       string    `json:"agent_version,omitempty"`
 	Plugin      string    `json:"plugin,omitempty"`
-	EnrolledAt  time.Time `json:"enrolled_at"`
-	LastOrder   string    `json:"last_order,omitempty"`
+	// PluginReason says why the agent uses that plugin.
+	PluginReason string `json:"plugin_reason,omitempty"`
+	// Repairs counts drift repairs: Cordon's rules found changed while
+	// isolated and put back. LastRepair (agent clock) and
+	// LastRepairDetail describe the last one.
+	Repairs          int       `json:"repairs"`
+	LastRepair       time.Time `json:"last_repair,omitzero"`
+	LastRepairDetail string    `json:"last_repair_detail,omitempty"`
+	EnrolledAt       time.Time `json:"enrolled_at"`
+	LastOrder        string    `json:"last_order,omitempty"`
 }
 
 // Order is an order and what came of it.

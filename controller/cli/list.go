@@ -34,7 +34,7 @@ func runHosts(ctx context.Context, g *globals) error {
 		return err
 	}
 	now := time.Now()
-	tw := g.table("NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tPLUGIN\tADDRESS")
+	tw := g.table("NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tADDRESS\tREPAIRS\tPLUGIN\tCHOSEN BECAUSE")
 	for _, h := range hosts {
 		conn := "offline"
 		if h.Online {
@@ -44,7 +44,12 @@ func runHosts(ctx context.Context, g *globals) error {
 		if h.StateReason != "" {
 			state += ": " + clip(h.StateReason, 60)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now), dash(clip(h.Plugin, 40)), dash(h.Addr))
+		repairs := "0"
+		if h.Repairs > 0 || !h.LastRepair.IsZero() {
+			repairs = fmt.Sprintf("%d (last %s)", h.Repairs, ago(h.LastRepair, now))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now),
+			dash(h.Addr), repairs, dash(clip(h.Plugin, 40)), dash(clip(h.PluginReason, 80)))
 	}
 	return tw.Flush()
 }

@@ -262,7 +262,7 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 		}
 		h.LastSeen, h.Addr = now, a.conn.RemoteAddr().String()
 		h.Hostname, h.MachineID, h.BootID, h.AgentVersion = hello.Hostname, hello.MachineID, hello.BootID, hello.AgentVersion
-		h.Plugin = fw.Plugin
+		h.Plugin, h.PluginReason = fw.Plugin, fw.PluginReason
 		if fw.Version != "" {
 			h.Plugin += " " + fw.Version
 		}
@@ -509,6 +509,9 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 		l.Error("order failed on the agent", "err", r.Error)
 	case wire.StageIsolated:
 		l.Info("host isolated", "digest", r.Digest, "issued_to_verified", time.Duration(o.DoneAt.Sub(o.CreatedAt)).String())
+	case wire.StageRepaired:
+		l.Warn("drift repaired: Cordon's rules were changed behind the agent's back and put back", "drift", r.Drift,
+			"repair", time.Duration(r.ApplyNS).String(), "wrong_for_at_most", time.Duration(r.DriftNS).String(), "err", r.Error)
 	default:
 		l.Info("order progress")
 	}
@@ -526,7 +529,7 @@ func stageFits(kind string, st wire.Stage) bool {
 		return true
 	case wire.StageSnapshot:
 		return kind == string(wire.KindIsolate) || kind == string(wire.KindSnapshot)
-	case wire.StageIsolated:
+	case wire.StageIsolated, wire.StageRepaired:
 		return kind == string(wire.KindIsolate)
 	case wire.StageReleased:
 		return kind == string(wire.KindRelease)
@@ -537,6 +540,16 @@ func stageFits(kind string, st wire.Stage) bool {
 // applyReport updates an order and its host from a report. Reports are
 // idempotent: one that arrives twice changes nothing the second time.
 func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store.Order, error) {
+	if r.Stage == wire.StageRepaired && r.OrderID == "" {
+		h, err := tx.Host(host)
+		if err != nil {
+			return store.Order{}, err
+		}
+		if h.IsolateOrder == "" {
+			return store.Order{}, fmt.Errorf("%w: a repair on a host with no isolation in force", errBadReport)
+		}
+		r.OrderID = h.IsolateOrder
+	}
 	o, err := tx.Order(r.OrderID)
 	if err != nil {
 		return o, err
@@ -557,6 +570,35 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 	latest := h.LastOrder == o.ID
 	audit := store.Audit{At: now, Actor: host, ActorKey: h.Fingerprint, Host: host, OrderID: o.ID}
 	switch r.Stage {
+	case wire.StageRepaired:
+		// Not a step of the order: the host's record and the audit trail
+		// say what was found and how fast it was put right. The agent's
+		// time of the repair tells a report received twice.
+		if h.LastRepair.Equal(r.At) {
+			return o, nil
+		}
+		detail := fmt.Sprintf("rules found changed (%s); ", r.Drift)
+		if r.Error != "" {
+			detail += "putting them back failed: " + r.Error
+			audit.Action = "drift-repair-failed"
+			h.StateReason = "drift repair failed: " + r.Error
+		} else {
+			detail += fmt.Sprintf("put back in %v", time.Duration(r.ApplyNS).Round(time.Millisecond))
+			if r.DriftNS > 0 {
+				detail += fmt.Sprintf(", wrong for at most %v", time.Duration(r.DriftNS).Round(time.Millisecond))
+			}
+			detail += ", digest " + r.Digest
+			audit.Action = "drift-repaired"
+			h.Repairs++
+			if h.State == store.StateIsolated {
+				h.StateReason = ""
+			}
+		}
+		h.LastRepair, h.LastRepairDetail, audit.Detail = r.At, detail, detail
+		if err := tx.PutHost(h); err != nil {
+			return o, err
+		}
+		return o, tx.AddAudit(audit)
 	case wire.StageSnapshot:
 		if o.SnapshotID == "" || !o.SnapshotStored && o.SnapshotID != r.Snapshot.ID {
 			// A redelivered order reports the snapshot of its new attempt.

@@ -485,7 +485,8 @@ func (s *Server) hosts(ctx context.Context, _ operator, _ api.HostsArgs) (any, e
 	for _, h := range hosts {
 		out = append(out, api.Host{Name: h.Name, Online: s.online(h.Name), State: h.State, StateReason: h.StateReason,
 			StateSince: h.StateSince, LastSeen: h.LastSeen, Addr: h.Addr, Digest: h.Digest, Fingerprint: h.Fingerprint, PublicKey: h.PublicKey,
-			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, EnrolledAt: h.EnrolledAt,
+			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, PluginReason: h.PluginReason, EnrolledAt: h.EnrolledAt,
+			Repairs: h.Repairs, LastRepair: h.LastRepair, LastRepairDetail: h.LastRepairDetail,
 			LastOrder: h.LastOrder})
 	}
 	return out, nil

@@ -411,3 +411,60 @@ func TestOperatorRemove(t *testing.T) {
 		t.Error("a removed operator key connected again")
 	}
 }
+
+// TestDriftRepairReport: a repair reported for the isolation in force (by
+// order id, or none when the agent does not know it) counts once, however
+// often it arrives, and shows in hosts and the audit trail; one on a host
+// with no isolation is refused for good.
+func TestDriftRepairReport(t *testing.T) {
+	ts := startServer(t)
+	a := enrollAgent(t, ts, "pay-db-01")
+	op := ts.dial(t, "op", ssh.PublicKeys(ts.admin))
+	at := time.Now().UTC()
+	repair := wire.Report{V: wire.Version, Stage: wire.StageRepaired, At: at, Drift: "none of Cordon's rules in place",
+		Digest: "sha256:ab", ApplyNS: int64(40 * time.Millisecond), DriftNS: int64(300 * time.Millisecond)}
+	if ack := sendReport(t, a, &repair); ack.OK || !ack.Drop || !strings.Contains(ack.Error, "no isolation in force") {
+		t.Fatalf("repair with no isolation: %+v", ack)
+	}
+	args, _ := json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "test"})
+	var ord api.Order
+	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &ord)
+	if ack := sendReport(t, a, &wire.Report{V: wire.Version, OrderID: ord.ID, Stage: wire.StageIsolated, At: at, Digest: "sha256:ab"}); !ack.OK {
+		t.Fatalf("isolated: %+v", ack)
+	}
+	hosts := func() api.Host {
+		var hs []api.Host
+		json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpHosts}).Result, &hs)
+		return hs[0]
+	}
+	for range 2 { // the second is the same report again
+		if ack := sendReport(t, a, &repair); !ack.OK {
+			t.Fatalf("repair: %+v", ack)
+		}
+	}
+	h := hosts()
+	if h.Repairs != 1 || !h.LastRepair.Equal(at) || h.State != "isolated" ||
+		h.LastRepairDetail != "rules found changed (none of Cordon's rules in place); put back in 40ms, wrong for at most 300ms, digest sha256:ab" {
+		t.Errorf("after a repair: %+v", h)
+	}
+	failed := repair
+	failed.OrderID, failed.At, failed.Error, failed.Digest = ord.ID, at.Add(time.Second), "plugin crashed", ""
+	if ack := sendReport(t, a, &failed); !ack.OK {
+		t.Fatalf("failed repair: %+v", ack)
+	}
+	if h := hosts(); h.Repairs != 1 || !strings.Contains(h.StateReason, "drift repair failed: plugin crashed") {
+		t.Errorf("after a failed repair: %+v", h)
+	}
+	var audit []api.AuditEntry
+	json.Unmarshal(call(t, op, api.Request{V: wire.Version, Op: api.OpAudit}).Result, &audit)
+	var actions []string
+	for _, e := range audit {
+		if strings.HasPrefix(e.Action, "drift") {
+			actions = append(actions, e.Action+" "+e.OrderID)
+		}
+	}
+	if want := []string{"drift-repaired " + ord.ID, "drift-repair-failed " + ord.ID}; strings.Join(actions, ",") != strings.Join(want, ",") &&
+		strings.Join(actions, ",") != want[1]+","+want[0] {
+		t.Errorf("audit drift entries %q, want %q", actions, want)
+	}
+}

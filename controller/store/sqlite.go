@@ -38,7 +38,9 @@ func OpenSQLite(ctx context.Context, path string) (*SQLite, error) {
 	return s, nil
 }
 
-var migrations = []string{`
+// schemaV1 is the first schema, kept as its own constant so that tests
+// can build a database as it was.
+const schemaV1 = `
 CREATE TABLE operators (
 	fingerprint TEXT PRIMARY KEY,
 	name        TEXT NOT NULL UNIQUE,
@@ -139,6 +141,14 @@ CREATE TABLE audit (
 	detail    TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX audit_host ON audit(host);
+`
+
+// migrations bring the schema from version i to i+1 (PRAGMA user_version).
+var migrations = []string{schemaV1, `
+ALTER TABLE hosts ADD COLUMN plugin_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE hosts ADD COLUMN repairs INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN last_repair INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE hosts ADD COLUMN last_repair_detail TEXT NOT NULL DEFAULT '';
 `}
 
 func (s *SQLite) migrate(ctx context.Context) error {
@@ -297,28 +307,29 @@ func (t *sqliteTx) UseToken(hash, host string, now time.Time) error {
 }
 
 const hostCols = `name, fingerprint, public_key, enrolled_at, state, state_reason, state_since, desired, last_order,
-	isolate_order, digest, last_seen, addr, hostname, machine_id, boot_id, agent_version, plugin`
+	isolate_order, digest, last_seen, addr, hostname, machine_id, boot_id, agent_version, plugin, plugin_reason,
+	repairs, last_repair, last_repair_detail`
 
 func hostArgs(h Host) []any {
 	return []any{h.Name, h.Fingerprint, h.PublicKey, ns(h.EnrolledAt), h.State, h.StateReason, ns(h.StateSince),
 		h.Desired, h.LastOrder, h.IsolateOrder, h.Digest, ns(h.LastSeen), h.Addr, h.Hostname, h.MachineID, h.BootID,
-		h.AgentVersion, h.Plugin}
+		h.AgentVersion, h.Plugin, h.PluginReason, h.Repairs, ns(h.LastRepair), h.LastRepairDetail}
 }
 
 type scanner interface{ Scan(...any) error }
 
 func scanHost(r scanner) (Host, error) {
 	var h Host
-	var enrolled, since, seen int64
+	var enrolled, since, seen, repaired int64
 	err := r.Scan(&h.Name, &h.Fingerprint, &h.PublicKey, &enrolled, &h.State, &h.StateReason, &since, &h.Desired,
 		&h.LastOrder, &h.IsolateOrder, &h.Digest, &seen, &h.Addr, &h.Hostname, &h.MachineID, &h.BootID,
-		&h.AgentVersion, &h.Plugin)
-	h.EnrolledAt, h.StateSince, h.LastSeen = fromNS(enrolled), fromNS(since), fromNS(seen)
+		&h.AgentVersion, &h.Plugin, &h.PluginReason, &h.Repairs, &repaired, &h.LastRepairDetail)
+	h.EnrolledAt, h.StateSince, h.LastSeen, h.LastRepair = fromNS(enrolled), fromNS(since), fromNS(seen), fromNS(repaired)
 	return h, err
 }
 
 func (t *sqliteTx) AddHost(h Host) error {
-	_, err := t.tx.Exec(`INSERT INTO hosts(`+hostCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, hostArgs(h)...)
+	_, err := t.tx.Exec(`INSERT INTO hosts(`+hostCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, hostArgs(h)...)
 	if isUnique(err) {
 		return fmt.Errorf("host %s: %w", h.Name, ErrExists)
 	}
@@ -356,7 +367,7 @@ func (t *sqliteTx) PutHost(h Host) error {
 	args := append(hostArgs(h)[1:], h.Name)
 	res, err := t.tx.Exec(`UPDATE hosts SET fingerprint=?, public_key=?, enrolled_at=?, state=?, state_reason=?,
 		state_since=?, desired=?, last_order=?, isolate_order=?, digest=?, last_seen=?, addr=?, hostname=?, machine_id=?,
-		boot_id=?, agent_version=?, plugin=? WHERE name = ?`, args...)
+		boot_id=?, agent_version=?, plugin=?, plugin_reason=?, repairs=?, last_repair=?, last_repair_detail=? WHERE name = ?`, args...)
 	if err != nil {
 		return err
 	}

@@ -130,7 +130,19 @@ type Host struct {
 	MachineID    string
 	BootID       string
 	AgentVersion string
-	Plugin       string
+	// Plugin is the agent's firewall plugin and its version ("nftables
+	// 0.1.0"), with why it cannot be used, if so.
+	Plugin string
+	// PluginReason says why the agent uses that plugin (chosen by
+	// --plugin auto from what the host's firewall is, or configured).
+	PluginReason string
+	// Repairs counts the times the agent found Cordon's rules changed
+	// behind its back while isolated and put them back (drift repair).
+	Repairs int
+	// LastRepair is when the last one was done (agent clock); zero when
+	// none was. LastRepairDetail says what was found and how long it took.
+	LastRepair       time.Time
+	LastRepairDetail string
 }
 
 // Order states.

@@ -39,6 +39,7 @@ var Binaries = map[string]string{
 	"cordon":                 "./controller/cmd/cordon",
 	"cordon-agent":           "./agent/cmd/cordon-agent",
 	"cordon-plugin-iptables": "./plugins/iptables",
+	"cordon-plugin-nftables": "./plugins/nftables",
 	"netprobe":               "./internal/netprobe",
 }
 
@@ -178,6 +179,7 @@ type AgentOptions struct {
 	Controller  string   // default: Stage.CtlAddr
 	Fingerprint string   // default: the controller's
 	Token       string   // enrollment token, if any
+	Plugin      string   // --plugin; default: iptables
 	Key         string   // default: Stage.AgentKey
 	Env         []string // added to the environment
 	Args        []string // added to the command line
@@ -186,8 +188,8 @@ type AgentOptions struct {
 	Wrap []string
 }
 
-// StartAgent runs cordon-agent with the real iptables plugin in the host's
-// namespace.
+// StartAgent runs cordon-agent in the host's namespace with a real
+// firewall plugin (iptables unless o.Plugin says otherwise).
 func (s *Stage) StartAgent(o AgentOptions) error {
 	if o.Fingerprint == "" {
 		o.Fingerprint = s.Fingerprint
@@ -198,8 +200,11 @@ func (s *Stage) StartAgent(o AgentOptions) error {
 	if o.Controller == "" {
 		o.Controller = s.CtlAddr
 	}
+	if o.Plugin == "" {
+		o.Plugin = "iptables"
+	}
 	args := []string{"--controller", o.Controller, "--controller-fingerprint", o.Fingerprint, "--key", o.Key,
-		"--name", HostName, "--plugin", "iptables", "--plugin-dir", s.Bin, "--runtime-dir", s.RuntimeDir, "--log-level", "debug"}
+		"--name", HostName, "--plugin", o.Plugin, "--plugin-dir", s.Bin, "--runtime-dir", s.RuntimeDir, "--log-level", "debug"}
 	if o.Token != "" {
 		args = append(args, "--enroll-token", o.Token)
 	}

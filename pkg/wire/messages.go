@@ -111,6 +111,13 @@ const (
 	StageIsolated Stage = "isolated" // rules applied and verified
 	StageReleased Stage = "released" // Cordon's rules removed and verified gone
 	StageFailed   Stage = "failed"   // Error says why; Firewall says what stands
+	// StageRepaired is not a step of an order: while a host is isolated
+	// the agent found Cordon's rules changed behind its back (Drift says
+	// how) and applied them again (Error says why it could not). OrderID
+	// is the isolate order in force, or "" when the agent does not know it
+	// (it found the host isolated at start); the controller then takes the
+	// host's.
+	StageRepaired Stage = "repaired"
 )
 
 // SnapshotRef names an evidence bundle.
@@ -141,6 +148,11 @@ type Report struct {
 	ApplyNS    int64  `json:"apply_ns,omitempty"`
 	VerifyNS   int64  `json:"verify_ns,omitempty"`
 	FlowsCut   uint64 `json:"flows_cut,omitempty"`
+	// Drift says what the agent found wrong with the rules (repaired).
+	Drift string `json:"drift,omitempty"`
+	// DriftNS bounds how long the rules were wrong (repaired): from the
+	// last check that found them intact to the repair, in nanoseconds.
+	DriftNS int64 `json:"drift_ns,omitempty"`
 }
 
 // Validate checks r.
@@ -148,10 +160,14 @@ func (r *Report) Validate() error {
 	if err := checkVersion(r.V); err != nil {
 		return err
 	}
-	if !ValidID(r.OrderID) {
+	if !ValidID(r.OrderID) && (r.Stage != StageRepaired || r.OrderID != "") {
 		return fmt.Errorf("order id %q is not valid", r.OrderID)
 	}
 	switch r.Stage {
+	case StageRepaired:
+		if r.Drift == "" {
+			return errors.New("a repaired report needs the drift found")
+		}
 	case StageSnapshot:
 		if r.Snapshot == nil {
 			return errors.New("a snapshot report needs a snapshot")
@@ -170,7 +186,10 @@ func (r *Report) Validate() error {
 	if r.At.IsZero() {
 		return errors.New("at is required")
 	}
-	if r.SnapshotNS < 0 || r.ApplyNS < 0 || r.VerifyNS < 0 {
+	if err := checkText("drift", r.Drift, MaxError, false); err != nil {
+		return err
+	}
+	if r.SnapshotNS < 0 || r.ApplyNS < 0 || r.VerifyNS < 0 || r.DriftNS < 0 {
 		return errors.New("negative duration")
 	}
 	if err := checkText("digest", r.Digest, 128, false); err != nil {
@@ -188,7 +207,7 @@ func (f *FirewallState) validate() error {
 	for _, x := range []struct {
 		name, v string
 		max     int
-	}{{"firewall.plugin", f.Plugin, 64}, {"firewall.version", f.Version, 64}, {"firewall.digest", f.Digest, 128},
+	}{{"firewall.plugin", f.Plugin, 64}, {"firewall.plugin_reason", f.PluginReason, MaxError}, {"firewall.version", f.Version, 64}, {"firewall.digest", f.Digest, 128},
 		{"firewall.partial", f.Partial, MaxError}, {"firewall.error", f.Error, MaxError}} {
 		if err := checkText(x.name, x.v, x.max, false); err != nil {
 			return err
@@ -213,12 +232,15 @@ func (s *SnapshotRef) validate() error {
 // FirewallState is what an agent knows of its firewall: the plugin in use
 // and whether Cordon's rules are in place.
 type FirewallState struct {
-	Plugin   string `json:"plugin"`
-	Version  string `json:"version,omitempty"`
-	Isolated bool   `json:"isolated"`
-	Digest   string `json:"digest,omitempty"`
-	Partial  string `json:"partial,omitempty"`
-	Error    string `json:"error,omitempty"`
+	Plugin string `json:"plugin"`
+	// PluginReason says why the agent uses Plugin: what --plugin auto
+	// found on the host, or that it was configured.
+	PluginReason string `json:"plugin_reason,omitempty"`
+	Version      string `json:"version,omitempty"`
+	Isolated     bool   `json:"isolated"`
+	Digest       string `json:"digest,omitempty"`
+	Partial      string `json:"partial,omitempty"`
+	Error        string `json:"error,omitempty"`
 }
 
 // Ack answers a Report or an evidence upload. Drop, with an error, means
