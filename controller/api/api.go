@@ -131,6 +131,10 @@ type IsolateArgs struct {
 	Incident string `json:"incident,omitempty"`
 	// Allow lists CIDRs (or bare IPs) that stay reachable both ways.
 	Allow []string `json:"allow,omitempty"`
+	// DNS lists resolvers (IPs) the host may still query, UDP and TCP
+	// port 53; DHCP keeps its DHCP client working (policy.Policy).
+	DNS  []string `json:"dns,omitempty"`
+	DHCP bool     `json:"dhcp,omitempty"`
 }
 
 // ReleaseArgs asks for a host to be released.
@@ -240,6 +244,8 @@ type Order struct {
 	Reason   string   `json:"reason"`
 	Incident string   `json:"incident,omitempty"`
 	Allow    []string `json:"allow,omitempty"`
+	DNS      []string `json:"dns,omitempty"`
+	DHCP     bool     `json:"dhcp,omitempty"`
 	Operator string   `json:"operator"`
 	// State: pending (stored, not yet delivered), delivered (the agent has
 	// it), done, failed.

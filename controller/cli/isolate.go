@@ -16,6 +16,8 @@ type orderOptions struct {
 	reason   string
 	incident string
 	allow    []string
+	dns      []string
+	dhcp     bool
 	wait     bool
 	timeout  time.Duration
 }
@@ -27,7 +29,7 @@ func newIsolateCmd(g *globals) *cobra.Command {
 	}
 	o := &orderOptions{}
 	host := &cobra.Command{
-		Use:   "host NAME --reason TEXT [--incident ID] [--allow CIDR]... [--wait]",
+		Use:   "host NAME --reason TEXT [--incident ID] [--allow CIDR]... [--dns IP]... [--dhcp] [--wait]",
 		Short: "Isolate one host (role responder)",
 		Long: `Isolate one host. The agent first captures the host's volatile state as signed
 evidence, then isolates it: only loopback, the controller and the allowlist stay
@@ -42,6 +44,8 @@ stored before it is sent, so an offline host is isolated as soon as it connects.
 	f.StringVar(&o.reason, "reason", "", "why the host is isolated (required; recorded in the audit log and the order)")
 	f.StringVar(&o.incident, "incident", "", "incident `id` the order belongs to")
 	f.StringArrayVar(&o.allow, "allow", nil, "`CIDR` or IP that stays reachable both ways (repeatable)")
+	f.StringArrayVar(&o.dns, "dns", nil, "resolver `IP` the host may still query, UDP and TCP port 53 (repeatable; a resolver that forwards is a way out)")
+	f.BoolVar(&o.dhcp, "dhcp", false, "keep the host's DHCP client working, so it keeps its address")
 	f.BoolVar(&o.wait, "wait", false, "wait until the host is verified isolated or the order failed")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
 	host.MarkFlagRequired("reason")
@@ -94,7 +98,7 @@ func runOrder(ctx context.Context, g *globals, op, host string, o *orderOptions)
 	var args any
 	switch op {
 	case api.OpIsolate:
-		args = api.IsolateArgs{Host: host, Reason: o.reason, Incident: o.incident, Allow: o.allow}
+		args = api.IsolateArgs{Host: host, Reason: o.reason, Incident: o.incident, Allow: o.allow, DNS: o.dns, DHCP: o.dhcp}
 	case api.OpRelease:
 		args = api.ReleaseArgs{Host: host, Reason: o.reason, Incident: o.incident}
 	default:

@@ -305,7 +305,7 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 				}
 				o := &store.Order{ID: newID("ord"), Host: h.Name, Kind: string(wire.KindIsolate),
 					Reason: "re-apply isolation: agent reconnected without Cordon's rules (" + prev.ID + ")", Incident: prev.Incident,
-					Allow: prev.Allow, Operator: "controller", State: store.OrderPending, CreatedAt: now}
+					Allow: prev.Allow, DNS: prev.DNS, DHCP: prev.DHCP, Operator: "controller", State: store.OrderPending, CreatedAt: now}
 				if err := tx.AddOrder(o); err != nil {
 					return err
 				}
@@ -397,6 +397,14 @@ func (s *Server) deliver(ctx context.Context, a *agentConn, o store.Order) error
 			}
 			p.Allow = append(p.Allow, pfx)
 		}
+		for _, d := range o.DNS {
+			ip, err := netip.ParseAddr(d)
+			if err != nil {
+				return s.failOrder(ctx, o, fmt.Sprintf("stored DNS resolver: %v", err))
+			}
+			p.DNS = append(p.DNS, ip)
+		}
+		p.DHCP = o.DHCP
 		p = p.Canonical()
 		wo.Policy = &p
 	}

@@ -256,7 +256,7 @@ func (s *Server) snapshotTake(ctx context.Context, op operator, a api.SnapshotTa
 	if err := checkText("incident", a.Incident, wire.MaxIncident, false); err != nil {
 		return nil, err
 	}
-	return s.newOrder(ctx, op, a.Host, wire.KindSnapshot, a.Reason, a.Incident, nil)
+	return s.newOrder(ctx, op, a.Host, wire.KindSnapshot, a.Reason, a.Incident, orderPolicy{})
 }
 
 func (s *Server) custody(ctx context.Context, _ operator, a api.SnapshotArgs) (any, error) {
@@ -359,7 +359,18 @@ func (s *Server) isolate(ctx context.Context, op operator, a api.IsolateArgs) (a
 	if err := policy.CheckAllow(prefixes); err != nil {
 		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
-	return s.newOrder(ctx, op, a.Host, wire.KindIsolate, a.Reason, a.Incident, allow)
+	if len(a.DNS) > policy.MaxDNS {
+		return nil, api.Errorf(api.CodeInvalid, "%d DNS resolvers, at most %d", len(a.DNS), policy.MaxDNS)
+	}
+	var dns []string
+	for _, d := range a.DNS {
+		ip, err := netip.ParseAddr(d)
+		if err != nil || ip.IsUnspecified() || ip.Zone() != "" {
+			return nil, api.Errorf(api.CodeInvalid, "DNS resolver %q: want an IP address, not a name (nothing is resolved on an isolated host)", d)
+		}
+		dns = append(dns, ip.Unmap().String())
+	}
+	return s.newOrder(ctx, op, a.Host, wire.KindIsolate, a.Reason, a.Incident, orderPolicy{allow: allow, dns: dns, dhcp: a.DHCP})
 }
 
 func (s *Server) release(ctx context.Context, op operator, a api.ReleaseArgs) (any, error) {
@@ -372,14 +383,22 @@ func (s *Server) release(ctx context.Context, op operator, a api.ReleaseArgs) (a
 	if err := checkText("incident", a.Incident, wire.MaxIncident, false); err != nil {
 		return nil, err
 	}
-	return s.newOrder(ctx, op, a.Host, wire.KindRelease, a.Reason, a.Incident, nil)
+	return s.newOrder(ctx, op, a.Host, wire.KindRelease, a.Reason, a.Incident, orderPolicy{})
 }
 
 // newOrder stores an order, the host's new state and the audit entry in one
 // transaction, then asks the host's delivery loop to send it.
-func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wire.OrderKind, reason, incident string, allow []string) (any, error) {
+// orderPolicy is what an isolate order adds to the controller endpoints:
+// the allowlist, DNS resolvers and DHCP, checked.
+type orderPolicy struct {
+	allow, dns []string
+	dhcp       bool
+}
+
+func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wire.OrderKind, reason, incident string, pol orderPolicy) (any, error) {
 	now := time.Now().UTC()
-	o := &store.Order{ID: newID("ord"), Host: host, Kind: string(kind), Reason: reason, Incident: incident, Allow: allow,
+	o := &store.Order{ID: newID("ord"), Host: host, Kind: string(kind), Reason: reason, Incident: incident, Allow: pol.allow,
+		DNS: pol.dns, DHCP: pol.dhcp,
 		Operator: op.name, OperatorKey: op.fp, State: store.OrderPending, CreatedAt: now}
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		h, err := tx.Host(host)
@@ -396,8 +415,14 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 		if incident != "" {
 			detail += "; incident: " + incident
 		}
-		if len(allow) > 0 {
-			detail += "; allow: " + strings.Join(allow, ", ")
+		if len(pol.allow) > 0 {
+			detail += "; allow: " + strings.Join(pol.allow, ", ")
+		}
+		if len(pol.dns) > 0 {
+			detail += "; dns: " + strings.Join(pol.dns, ", ")
+		}
+		if pol.dhcp {
+			detail += "; dhcp kept"
 		}
 		// An isolate or release order sets the host's desired state; a
 		// snapshot order (triage) leaves the host's state alone.
@@ -464,7 +489,7 @@ func (s *Server) orderWait(ctx context.Context, _ operator, a api.OrderWaitArgs)
 }
 
 func (s *Server) apiOrder(o store.Order) api.Order {
-	return api.Order{ID: o.ID, Host: o.Host, Kind: o.Kind, Reason: o.Reason, Incident: o.Incident, Allow: o.Allow,
+	return api.Order{ID: o.ID, Host: o.Host, Kind: o.Kind, Reason: o.Reason, Incident: o.Incident, Allow: o.Allow, DNS: o.DNS, DHCP: o.DHCP,
 		Operator: o.Operator, State: o.State, Error: o.Error, CreatedAt: o.CreatedAt, DeliveredAt: o.DeliveredAt,
 		DoneAt: o.DoneAt, Digest: o.Digest, HostOnline: s.online(o.Host), SnapshotID: o.SnapshotID,
 		SnapshotSHA256: o.SnapshotSHA256, SnapshotStored: o.SnapshotStored, SnapshotVerified: o.SnapshotVerified, SnapshotNS: o.SnapshotNS, ApplyNS: o.ApplyNS,

@@ -149,6 +149,8 @@ ALTER TABLE hosts ADD COLUMN plugin_reason TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN repairs INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE hosts ADD COLUMN last_repair INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE hosts ADD COLUMN last_repair_detail TEXT NOT NULL DEFAULT '';
+ALTER TABLE orders ADD COLUMN dns TEXT NOT NULL DEFAULT '[]';
+ALTER TABLE orders ADD COLUMN dhcp INTEGER NOT NULL DEFAULT 0;
 `}
 
 func (s *SQLite) migrate(ctx context.Context) error {
@@ -379,21 +381,24 @@ func (t *sqliteTx) PutHost(h Host) error {
 
 const orderCols = `seq, id, host, kind, reason, incident, allow, operator, operator_key, state, error, created_at,
 	delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored, snapshot_verified,
-	snapshot_ns, apply_ns, verify_ns, flows_cut, version`
+	snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp`
 
 func scanOrder(r scanner) (Order, error) {
 	var o Order
-	var allow string
+	var allow, dns string
 	var created, delivered, done int64
 	err := r.Scan(&o.Seq, &o.ID, &o.Host, &o.Kind, &o.Reason, &o.Incident, &allow, &o.Operator, &o.OperatorKey,
 		&o.State, &o.Error, &created, &delivered, &done, &o.Digest, &o.SnapshotID, &o.SnapshotSHA256, &o.SnapshotSize,
-		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version)
+		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version, &dns, &o.DHCP)
 	if err != nil {
 		return o, err
 	}
 	o.CreatedAt, o.DeliveredAt, o.DoneAt = fromNS(created), fromNS(delivered), fromNS(done)
 	if err := json.Unmarshal([]byte(allow), &o.Allow); err != nil {
 		return o, fmt.Errorf("order %s: allowlist column: %w", o.ID, err)
+	}
+	if err := json.Unmarshal([]byte(dns), &o.DNS); err != nil {
+		return o, fmt.Errorf("order %s: dns column: %w", o.ID, err)
 	}
 	return o, nil
 }
@@ -409,10 +414,10 @@ func allowJSON(a []string) string {
 func (t *sqliteTx) AddOrder(o *Order) error {
 	res, err := t.tx.Exec(`INSERT INTO orders(id, host, kind, reason, incident, allow, operator, operator_key, state,
 		error, created_at, delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored,
-		snapshot_ns, apply_ns, verify_ns, flows_cut, version) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`,
+		snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)`,
 		o.ID, o.Host, o.Kind, o.Reason, o.Incident, allowJSON(o.Allow), o.Operator, o.OperatorKey, o.State, o.Error,
 		ns(o.CreatedAt), ns(o.DeliveredAt), ns(o.DoneAt), o.Digest, o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize,
-		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut)
+		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, allowJSON(o.DNS), o.DHCP)
 	if isUnique(err) {
 		return fmt.Errorf("order %s: %w", o.ID, ErrExists)
 	}

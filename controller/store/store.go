@@ -155,13 +155,17 @@ const (
 
 // Order is an order and its outcome.
 type Order struct {
-	Seq            int64
-	ID             string
-	Host           string
-	Kind           string
-	Reason         string
-	Incident       string
-	Allow          []string
+	Seq      int64
+	ID       string
+	Host     string
+	Kind     string
+	Reason   string
+	Incident string
+	Allow    []string
+	// DNS lists the resolvers the isolated host may still query; DHCP
+	// keeps its DHCP client working (policy.Policy).
+	DNS            []string
+	DHCP           bool
 	Operator       string
 	OperatorKey    string
 	State          string

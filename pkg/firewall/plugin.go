@@ -153,6 +153,10 @@ func policyToProto(p policy.Policy) *pb.Policy {
 	for _, a := range p.Allow {
 		out.Allow = append(out.Allow, a.String())
 	}
+	for _, a := range p.DNS {
+		out.Dns = append(out.Dns, a.String())
+	}
+	out.Dhcp = p.DHCP
 	return out
 }
 
@@ -175,6 +179,14 @@ func policyFromProto(in *pb.Policy) (policy.Policy, error) {
 		}
 		p.Allow = append(p.Allow, a)
 	}
+	for _, s := range in.GetDns() {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return p, fmt.Errorf("%w: DNS resolver %q: %v", ErrInvalidPolicy, s, err)
+		}
+		p.DNS = append(p.DNS, a)
+	}
+	p.DHCP = in.GetDhcp()
 	if err := p.Validate(); err != nil {
 		return p, fmt.Errorf("%w: %v", ErrInvalidPolicy, err)
 	}

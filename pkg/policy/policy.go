@@ -35,10 +35,25 @@ func (e Endpoint) String() string { return netip.AddrPortFrom(e.Addr, e.Port).St
 // Controllers are the controller endpoints (TCP); traffic to and from them on
 // that port is allowed so the agent's SSH session survives. Allow lists CIDRs
 // that stay reachable in both directions (forensic workstations, jump hosts).
-// Loopback is always allowed.
+// Loopback is always allowed. DNS and DHCP keep two services a host
+// needs to stay reachable by its owners, and nothing more.
 type Policy struct {
 	Controllers []Endpoint     `json:"controllers"`
 	Allow       []netip.Prefix `json:"allow,omitempty"`
+	// DNS lists resolvers the host may still query: UDP and TCP to their
+	// port 53, and the replies (conntrack established), nothing else from
+	// them. Without it, every lookup of the host's own services fails
+	// while it is isolated; with it, a resolver that forwards is a channel
+	// to the outside (DNS tunnelling), so name only resolvers the IR team
+	// controls.
+	DNS []netip.Addr `json:"dns,omitempty"`
+	// DHCP keeps the host's DHCP client working, so that it keeps its
+	// address (and with it the connection to the controller) when its
+	// lease must be renewed: DHCPv4 from client port 68 to server port 67
+	// and back (RFC 2131), DHCPv6 546 to 547 and back (RFC 8415), any
+	// address. A client that talks through packet sockets (dhclient's
+	// first DISCOVER) is not filtered by netfilter at all.
+	DHCP bool `json:"dhcp,omitempty"`
 }
 
 // Maximum sizes of a policy, so that a malformed order cannot ask a plugin to
@@ -46,11 +61,12 @@ type Policy struct {
 const (
 	MaxControllers = 16
 	MaxAllow       = 256
+	MaxDNS         = 8
 )
 
 // Validate reports whether p can be applied: at least one controller endpoint,
 // every address valid and specified, every port non-zero, every prefix valid,
-// and no more than MaxControllers and MaxAllow entries.
+// and no more than MaxControllers, MaxAllow and MaxDNS entries.
 func (p Policy) Validate() error {
 	if len(p.Controllers) == 0 {
 		return errors.New("policy: no controller endpoint: isolation would cut the agent off")
@@ -70,6 +86,14 @@ func (p Policy) Validate() error {
 		}
 		if e.Port == 0 {
 			return fmt.Errorf("policy: controller %s has port 0", e.Addr)
+		}
+	}
+	if len(p.DNS) > MaxDNS {
+		return fmt.Errorf("policy: %d DNS resolvers, at most %d", len(p.DNS), MaxDNS)
+	}
+	for _, a := range p.DNS {
+		if !a.IsValid() || a.IsUnspecified() || a.Zone() != "" {
+			return fmt.Errorf("policy: DNS resolver %q is not a usable IP (no zones)", a)
 		}
 	}
 	for _, a := range p.Allow {
@@ -109,6 +133,12 @@ func (p Policy) Canonical() Policy {
 		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
 	})
 	c.Allow = slices.Compact(c.Allow)
+	for _, a := range p.DNS {
+		c.DNS = append(c.DNS, a.Unmap())
+	}
+	slices.SortFunc(c.DNS, netip.Addr.Compare)
+	c.DNS = slices.Compact(c.DNS)
+	c.DHCP = p.DHCP
 	return c
 }
 

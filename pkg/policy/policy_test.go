@@ -24,6 +24,17 @@ func TestCanonicalAndDigest(t *testing.T) {
 	if c.Digest() == b.Digest() {
 		t.Error("different policies digest equal")
 	}
+	// DNS resolvers in any order and form are one policy; DHCP counts.
+	d, e := b, b
+	d.DNS = []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("::ffff:198.18.0.54"), netip.MustParseAddr("198.18.0.53")}
+	e.DNS = []netip.Addr{netip.MustParseAddr("198.18.0.54"), netip.MustParseAddr("198.18.0.53")}
+	if d.Digest() != e.Digest() || d.Digest() == b.Digest() {
+		t.Errorf("DNS lists digest wrongly: %+v %+v", d.Canonical(), e.Canonical())
+	}
+	e.DHCP = true
+	if d.Digest() == e.Digest() {
+		t.Error("DHCP does not change the digest")
+	}
 	if !strings.HasPrefix(b.Digest(), "sha256:") || len(b.Digest()) != 7+64 {
 		t.Errorf("digest %q", b.Digest())
 	}
@@ -48,6 +59,10 @@ func TestValidate(t *testing.T) {
 		"one /8 is fine":   {Policy{Controllers: ctl, Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/32")}}, ""},
 		"invalid allow":    {Policy{Controllers: ctl, Allow: []netip.Prefix{{}}}, "not a valid CIDR"},
 		"zoned controller": {Policy{Controllers: []Endpoint{{netip.MustParseAddr("fe80::1%eth0"), 1}}}, "zone"},
+		"dns and dhcp":     {Policy{Controllers: ctl, DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}, DHCP: true}, ""},
+		"dns unspecified":  {Policy{Controllers: ctl, DNS: []netip.Addr{netip.MustParseAddr("::")}}, "DNS resolver"},
+		"dns invalid":      {Policy{Controllers: ctl, DNS: []netip.Addr{{}}}, "DNS resolver"},
+		"too many dns":     {Policy{Controllers: ctl, DNS: make([]netip.Addr, MaxDNS+1)}, "DNS resolvers, at most"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			err := tc.p.Validate()

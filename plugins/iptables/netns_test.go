@@ -640,6 +640,8 @@ func ruleTextInNamespace(t *testing.T) {
 			netip.MustParsePrefix("fd00:c0de::1:2:3:4/128"),
 			netip.MustParsePrefix("fd00:c0de:0:0:8000::/65"),
 		},
+		DNS:  []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("fd00:c0de::53")},
+		DHCP: true,
 	}
 	p := nsPlugin(t)
 	b, err := p.backend()

@@ -163,6 +163,12 @@ func effective(p policy.Policy, fams []family) (policy.Policy, error) {
 			eff.Allow = append(eff.Allow, a)
 		}
 	}
+	for _, a := range c.DNS {
+		if inUse(a) {
+			eff.DNS = append(eff.DNS, a)
+		}
+	}
+	eff.DHCP = c.DHCP
 	if len(eff.Controllers) == 0 {
 		return policy.Policy{}, fmt.Errorf("no controller endpoint of an IP family in use (%s): isolation would cut the agent off", famList(fams))
 	}
@@ -207,12 +213,18 @@ type plan struct {
 // --sport PORT) only what conntrack counts as ESTABLISHED, that is replies
 // of connections the host opened (ctrlIn); accept the ICMP errors path-MTU
 // discovery needs, RELATED to a tracked connection (pmtuIn); accept from each
-// allowlist CIDR; for IPv6, accept neighbour discovery (ICMPv6 types 133-136
-// with hop limit 255, as RFC 4861 requires of them); drop. OUT: accept -o
-// lo; accept to each controller endpoint (-d IP -p tcp --dport PORT) NEW and
-// ESTABLISHED (ctrlOut); accept to each allowlist CIDR; neighbour discovery
-// for IPv6; drop. FWD accepts from and to each allowlist CIDR and drops.
-// Matches follow iptables-extensions(8): tcp, conntrack, icmp, icmp6, hl.
+// allowlist CIDR; accept replies from each DNS resolver (UDP and TCP from
+// port 53, ESTABLISHED); accept DHCP replies when the policy keeps DHCP
+// (udp 67 to 68; for IPv6 547 to 546); for IPv6, accept neighbour discovery
+// (ICMPv6 types 133-136 with hop limit 255, as RFC 4861 requires of them);
+// drop. OUT: accept -o lo; accept to each controller endpoint (-d IP -p tcp
+// --dport PORT) NEW and ESTABLISHED (ctrlOut); accept to each allowlist
+// CIDR; to each DNS resolver's port 53, NEW and ESTABLISHED; DHCP requests
+// (68 to 67, 546 to 547); neighbour discovery for IPv6; drop. FWD accepts
+// from and to each allowlist CIDR and drops. DNS and DHCP rules carry a
+// comment (commentDNS, commentDHCP) so that they read back as what they
+// are. Matches follow iptables-extensions(8): tcp, udp, conntrack, comment,
+// icmp, icmp6, hl.
 func newPlan(eff policy.Policy, fams []family, gen string) plan {
 	pl := plan{gen: gen, fams: fams, chains: map[family][]chainPlan{}}
 	for _, f := range fams {
@@ -240,6 +252,18 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 			allow = append(allow, a)
 		}
 	}
+	var dns []netip.Addr
+	for _, a := range eff.DNS {
+		if f.has(a) {
+			dns = append(dns, a)
+		}
+	}
+	// DHCP client and server ports: DHCPv4 68 and 67 (RFC 2131), DHCPv6
+	// 546 and 547 (RFC 8415).
+	client, server := 68, 67
+	if f == ipv6 {
+		client, server = 546, 547
+	}
 	switch short {
 	case "IN":
 		add("-i lo -j ACCEPT")
@@ -250,6 +274,14 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 		for _, a := range allow {
 			add("-s %s -j ACCEPT", a)
 		}
+		for _, a := range dns {
+			for _, p := range []string{"udp", "tcp"} {
+				add("-s %s -p %s -m %s --sport 53 -m conntrack --ctstate ESTABLISHED -m comment --comment %s -j ACCEPT", hostPrefix(a), p, p, commentDNS)
+			}
+		}
+		if eff.DHCP {
+			add("-p udp -m udp --sport %d --dport %d -m comment --comment %s -j ACCEPT", server, client, commentDHCP)
+		}
 	case "OUT":
 		add("-o lo -j ACCEPT")
 		for _, e := range ctrl {
@@ -257,6 +289,14 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 		}
 		for _, a := range allow {
 			add("-d %s -j ACCEPT", a)
+		}
+		for _, a := range dns {
+			for _, p := range []string{"udp", "tcp"} {
+				add("-d %s -p %s -m %s --dport 53 -m conntrack --ctstate NEW,ESTABLISHED -m comment --comment %s -j ACCEPT", hostPrefix(a), p, p, commentDNS)
+			}
+		}
+		if eff.DHCP {
+			add("-p udp -m udp --sport %d --dport %d -m comment --comment %s -j ACCEPT", client, server, commentDHCP)
 		}
 	case "FWD":
 		for _, a := range allow {
@@ -465,6 +505,12 @@ func reconstruct(fams []liveFamily, gen string) policy.Policy {
 			for _, r := range lf.chains[chain] {
 				f := splitRule(r)
 				switch {
+				case slices.Contains(f, commentDNS) && len(f) > 3 && (f[2] == "-s" || f[2] == "-d"):
+					if pfx, err := netip.ParsePrefix(f[3]); err == nil && pfx.IsSingleIP() {
+						p.DNS = append(p.DNS, pfx.Addr())
+					}
+				case slices.Contains(f, commentDHCP):
+					p.DHCP = true
 				case len(f) == 16 && (k.short == "IN" || k.short == "OUT"):
 					e, ok := endpointOf(f[3], f[9])
 					if !ok {
@@ -485,6 +531,14 @@ func reconstruct(fams []liveFamily, gen string) policy.Policy {
 	}
 	return p.Canonical()
 }
+
+// Comments (iptables-extensions(8), comment) that mark the rules of the
+// DNS and DHCP parts of a policy, so that they read back as such and not
+// as controller endpoints.
+const (
+	commentDNS  = "cordon-dns"
+	commentDHCP = "cordon-dhcp"
+)
 
 // endpointOf parses a single-address CIDR and a port, as a controller rule
 // names them.

@@ -39,6 +39,8 @@ func testPolicy() policy.Policy {
 			netip.MustParsePrefix("fd00:c0de::4/126"),
 			netip.MustParsePrefix("198.18.0.9/32"),
 		},
+		DNS:  []netip.Addr{netip.MustParseAddr("198.18.0.53"), netip.MustParseAddr("fd00:c0de::53")},
+		DHCP: true,
 	}
 }
 
@@ -198,12 +200,12 @@ func TestTamperedTable(t *testing.T) {
 			t.Fatalf("Isolate: %v", err)
 		}
 		isolated := ruleset(t)
-		handle := func(text string) string {
+		handle := func(role, text string) string {
 			out, err := exec.Command("nft", "-a", "list", "chain", "inet", "cordon", "input").CombinedOutput()
 			if err != nil {
 				t.Fatalf("nft -a list: %v\n%s", err, out)
 			}
-			m := regexp.MustCompile(regexp.QuoteMeta(`comment "`+text+`"`) + ` # handle (\d+)`).FindStringSubmatch(string(out))
+			m := regexp.MustCompile(regexp.QuoteMeta(`comment "`+role+": "+text+`"`) + ` # handle (\d+)`).FindStringSubmatch(string(out))
 			if m == nil {
 				t.Fatalf("no rule %q in:\n%s", text, out)
 			}
@@ -215,11 +217,11 @@ func TestTamperedTable(t *testing.T) {
 			want   string // in Partial
 		}{
 			{"rule deleted", func() {
-				nft(t, "delete", "rule", "inet", "cordon", "input", "handle", handle("ip saddr 198.18.0.4/30 accept"))
+				nft(t, "delete", "rule", "inet", "cordon", "input", "handle", handle("allow", "ip saddr 198.18.0.4/30 accept"))
 			}, `rule "ip saddr 198.18.0.4/30 accept" missing`},
 			{"accept inserted", func() { nft(t, "insert rule inet cordon input accept") }, "chain input: rule 1 \"\" is not Cordon's"},
 			{"comment that lies", func() {
-				nft(t, "insert", "rule", "inet", "cordon", "input", "position", handle("iifname lo accept"), "accept", "comment", `"iifname lo accept"`)
+				nft(t, "insert", "rule", "inet", "cordon", "input", "position", handle("loopback", "iifname lo accept"), "accept", "comment", `"loopback: iifname lo accept"`)
 			}, "rule 1 \"iifname lo accept\" does not match what its comment says"},
 			{"policy accept", func() { nft(t, "chain inet cordon output { policy accept; }") }, "chain output is"},
 			{"chain deleted", func() {

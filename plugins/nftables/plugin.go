@@ -124,8 +124,9 @@ func read(c *nftables.Conn) (live, error) {
 			return l, fmt.Errorf("list rules of inet %s %s: %w", TableName, ch.Name, err)
 		}
 		for _, r := range rules {
-			text, ok := comment(r.UserData)
-			l.rules = append(l.rules, liveRule{ruleSpec: ruleSpec{chain: ch.Name, text: text, exprs: r.Exprs}, commented: ok})
+			c, ok := comment(r.UserData)
+			role, text := parseComment(c)
+			l.rules = append(l.rules, liveRule{ruleSpec: ruleSpec{chain: ch.Name, role: role, text: text, exprs: r.Exprs}, commented: ok})
 		}
 	}
 	return l, nil
@@ -175,7 +176,7 @@ func evaluate(l live) evaluation {
 		if !r.commented {
 			text = "# a rule without Cordon's comment: " + renderExprs(r.exprs)
 		}
-		ev.lines = append(ev.lines, ruleLine(r.chain, text))
+		ev.lines = append(ev.lines, ruleLine(r.chain, r.role, text))
 		specs = append(specs, r.ruleSpec)
 	}
 	ev.pol = reconstruct(specs)
@@ -203,7 +204,7 @@ func evaluate(l live) evaluation {
 // over text and expressions), and rules whose expressions are not what
 // their comment says.
 func diffRules(chain string, got, exp []ruleSpec) []string {
-	key := func(r ruleSpec) string { return r.text + "\x00" + renderExprs(r.exprs) }
+	key := func(r ruleSpec) string { return r.role + "\x00" + r.text + "\x00" + renderExprs(r.exprs) }
 	// lcs[i][j] is the length of the longest common subsequence of got[i:]
 	// and exp[j:].
 	lcs := make([][]int, len(got)+1)
@@ -390,7 +391,7 @@ func replaceTable(c *nftables.Conn, chains []*nftables.Chain, rules []ruleSpec) 
 		byName[ch.Name] = c.AddChain(ch)
 	}
 	for _, r := range rules {
-		c.AddRule(&nftables.Rule{Table: table, Chain: byName[r.chain], Exprs: r.exprs, UserData: commentData(r.text)})
+		c.AddRule(&nftables.Rule{Table: table, Chain: byName[r.chain], Exprs: r.exprs, UserData: commentData(commentText(r.role, r.text))})
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -64,14 +65,29 @@ var chainSpecs = []chainSpec{
 	{"forward", nftables.ChainHookForward},
 }
 
-// ruleSpec is one rule: its expressions, and its text in nft(8) syntax,
-// which is also the rule's comment, so that `nft list ruleset` shows
-// where each rule came from.
+// ruleSpec is one rule: its role in the policy, its expressions, and its
+// text in nft(8) syntax. Its comment is "ROLE: TEXT", so that `nft list
+// ruleset` shows where each rule came from, and Status can read the policy
+// back from the comments (checked against the expressions).
 type ruleSpec struct {
 	chain string
+	role  string // one of roles
 	text  string
 	exprs []expr.Any
 }
+
+// Roles of rules, as their comments name them.
+const (
+	roleLoopback   = "loopback"
+	roleController = "controller"
+	rolePMTU       = "pmtu"
+	roleAllow      = "allow"
+	roleND         = "nd"
+	roleDNS        = "dns"
+	roleDHCP       = "dhcp"
+)
+
+var roles = []string{roleLoopback, roleController, rolePMTU, roleAllow, roleND, roleDNS, roleDHCP}
 
 // plan is the complete content of Cordon's table for one policy.
 type plan struct {
@@ -84,56 +100,90 @@ type plan struct {
 // address and TCP source port) only what conntrack counts as established,
 // that is replies of connections the host opened; accept the ICMP errors
 // path-MTU discovery needs, related to a tracked connection; accept from
-// each allowlist CIDR; accept IPv6 neighbour discovery (ICMPv6 types 133 to
-// 136 with hop limit 255, as RFC 4861 requires of them). output: accept
-// oifname lo; accept to each controller endpoint new and established; to
-// each allowlist CIDR; neighbour discovery. forward: accept from and to
+// each allowlist CIDR; accept replies from each DNS resolver (UDP and TCP
+// from port 53, established); accept DHCP replies (udp 67 to 68, and
+// DHCPv6 547 to 546) when the policy keeps DHCP; accept IPv6 neighbour
+// discovery (ICMPv6 types 133 to 136 with hop limit 255, as RFC 4861
+// requires of them). output: accept oifname lo; accept to each controller
+// endpoint new and established; to each allowlist CIDR; to each DNS
+// resolver's port 53 (UDP and TCP, new and established); DHCP requests
+// (68 to 67, 546 to 547); neighbour discovery. forward: accept from and to
 // each allowlist CIDR. Every chain's policy is drop.
 func newPlan(eff policy.Policy) plan {
 	var pl plan
-	add := func(chain, text string, exprs ...[]expr.Any) {
+	add := func(chain, role, text string, exprs ...[]expr.Any) {
 		var all []expr.Any
 		for _, e := range exprs {
 			all = append(all, e...)
 		}
 		all = append(all, &expr.Verdict{Kind: expr.VerdictAccept})
-		pl.rules = append(pl.rules, ruleSpec{chain: chain, text: text + " accept", exprs: all})
+		pl.rules = append(pl.rules, ruleSpec{chain: chain, role: role, text: text + " accept", exprs: all})
 	}
-	// input
-	add("input", "iifname lo", ifname(expr.MetaKeyIIFNAME, "lo"))
-	for _, e := range eff.Controllers {
-		add("input", fmt.Sprintf("%s saddr %s tcp sport %d ct state established", ipWord(e.Addr), e.Addr, e.Port),
-			addrMatch(true, netip.PrefixFrom(e.Addr, e.Addr.BitLen())), portMatch(true, e.Port), ctState(expr.CtStateBitESTABLISHED))
-	}
-	add("input", "icmp type destination-unreachable icmp code frag-needed ct state related",
-		l4(unix.NFPROTO_IPV4, unix.IPPROTO_ICMP), byteAt(0, 3), byteAt(1, 4), ctState(expr.CtStateBitRELATED))
-	add("input", "icmpv6 type packet-too-big ct state related",
-		l4(unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6), byteAt(0, 2), ctState(expr.CtStateBitRELATED))
-	for _, a := range eff.Allow {
-		add("input", fmt.Sprintf("%s saddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(true, a))
+	host := func(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
+	dhcp := func(chain string, v4sport, v4dport, v6sport, v6dport uint16) {
+		if !eff.DHCP {
+			return
+		}
+		add(chain, roleDHCP, fmt.Sprintf("meta nfproto ipv4 udp sport %d udp dport %d", v4sport, v4dport),
+			nfproto(false), portsMatch(unix.IPPROTO_UDP, v4sport, v4dport))
+		add(chain, roleDHCP, fmt.Sprintf("meta nfproto ipv6 udp sport %d udp dport %d", v6sport, v6dport),
+			nfproto(true), portsMatch(unix.IPPROTO_UDP, v6sport, v6dport))
 	}
 	ndRules := func(chain string) {
 		for _, nd := range ndTypes {
-			add(chain, fmt.Sprintf("icmpv6 type %s ip6 hoplimit 255", nd.name),
+			add(chain, roleND, fmt.Sprintf("icmpv6 type %s ip6 hoplimit 255", nd.name),
 				l4(unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6), byteAt(0, nd.typ), hopLimit255())
 		}
 	}
+	// input
+	add("input", roleLoopback, "iifname lo", ifname(expr.MetaKeyIIFNAME, "lo"))
+	for _, e := range eff.Controllers {
+		add("input", roleController, fmt.Sprintf("%s saddr %s tcp sport %d ct state established", ipWord(e.Addr), e.Addr, e.Port),
+			addrMatch(true, host(e.Addr)), portMatch(unix.IPPROTO_TCP, true, e.Port), ctState(expr.CtStateBitESTABLISHED))
+	}
+	add("input", rolePMTU, "icmp type destination-unreachable icmp code frag-needed ct state related",
+		l4(unix.NFPROTO_IPV4, unix.IPPROTO_ICMP), byteAt(0, 3), byteAt(1, 4), ctState(expr.CtStateBitRELATED))
+	add("input", rolePMTU, "icmpv6 type packet-too-big ct state related",
+		l4(unix.NFPROTO_IPV6, unix.IPPROTO_ICMPV6), byteAt(0, 2), ctState(expr.CtStateBitRELATED))
+	for _, a := range eff.Allow {
+		add("input", roleAllow, fmt.Sprintf("%s saddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(true, a))
+	}
+	for _, r := range eff.DNS {
+		for _, proto := range []struct {
+			name string
+			num  byte
+		}{{"udp", unix.IPPROTO_UDP}, {"tcp", unix.IPPROTO_TCP}} {
+			add("input", roleDNS, fmt.Sprintf("%s saddr %s %s sport 53 ct state established", ipWord(r), r, proto.name),
+				addrMatch(true, host(r)), portMatch(proto.num, true, 53), ctState(expr.CtStateBitESTABLISHED))
+		}
+	}
+	dhcp("input", 67, 68, 547, 546)
 	ndRules("input")
 	// output
-	add("output", "oifname lo", ifname(expr.MetaKeyOIFNAME, "lo"))
+	add("output", roleLoopback, "oifname lo", ifname(expr.MetaKeyOIFNAME, "lo"))
 	for _, e := range eff.Controllers {
-		add("output", fmt.Sprintf("%s daddr %s tcp dport %d ct state established,new", ipWord(e.Addr), e.Addr, e.Port),
-			addrMatch(false, netip.PrefixFrom(e.Addr, e.Addr.BitLen())), portMatch(false, e.Port),
+		add("output", roleController, fmt.Sprintf("%s daddr %s tcp dport %d ct state established,new", ipWord(e.Addr), e.Addr, e.Port),
+			addrMatch(false, host(e.Addr)), portMatch(unix.IPPROTO_TCP, false, e.Port),
 			ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitNEW))
 	}
 	for _, a := range eff.Allow {
-		add("output", fmt.Sprintf("%s daddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(false, a))
+		add("output", roleAllow, fmt.Sprintf("%s daddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(false, a))
 	}
+	for _, r := range eff.DNS {
+		for _, proto := range []struct {
+			name string
+			num  byte
+		}{{"udp", unix.IPPROTO_UDP}, {"tcp", unix.IPPROTO_TCP}} {
+			add("output", roleDNS, fmt.Sprintf("%s daddr %s %s dport 53 ct state established,new", ipWord(r), r, proto.name),
+				addrMatch(false, host(r)), portMatch(proto.num, false, 53), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitNEW))
+		}
+	}
+	dhcp("output", 68, 67, 546, 547)
 	ndRules("output")
 	// forward
 	for _, a := range eff.Allow {
-		add("forward", fmt.Sprintf("%s saddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(true, a))
-		add("forward", fmt.Sprintf("%s daddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(false, a))
+		add("forward", roleAllow, fmt.Sprintf("%s saddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(true, a))
+		add("forward", roleAllow, fmt.Sprintf("%s daddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(false, a))
 	}
 	return pl
 }
@@ -214,18 +264,26 @@ func l4(nfp, proto byte) []expr.Any {
 	}
 }
 
-// portMatch matches TCP's source (src) or destination port.
-func portMatch(src bool, port uint16) []expr.Any {
+// portMatch matches the source (src) or destination port of a TCP or UDP
+// packet (proto, an IPPROTO_ number).
+func portMatch(proto byte, src bool, port uint16) []expr.Any {
 	off := uint32(2)
 	if src {
 		off = 0
 	}
 	return []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: off, Len: 2},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, port)},
 	}
+}
+
+// portsMatch matches both ports of a TCP or UDP packet.
+func portsMatch(proto byte, sport, dport uint16) []expr.Any {
+	return append(portMatch(proto, true, sport),
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, dport)})
 }
 
 // byteAt matches one byte of the transport header (an ICMP type or code).
@@ -277,8 +335,27 @@ func chainLine(name, hook string, prio int32, pol string) string {
 	return fmt.Sprintf("add chain inet %s %s { type filter hook %s priority %d; policy %s; }", TableName, name, hook, prio, pol)
 }
 
-func ruleLine(chain, text string) string {
-	return fmt.Sprintf("add rule inet %s %s %s comment \"%s\"", TableName, chain, text, text)
+func ruleLine(chain, role, text string) string {
+	return fmt.Sprintf("add rule inet %s %s %s comment \"%s\"", TableName, chain, text, commentText(role, text))
+}
+
+// commentText is a rule's comment: "ROLE: TEXT", or TEXT for a rule with
+// no role (not Cordon's, put back as it was).
+func commentText(role, text string) string {
+	if role == "" {
+		return text
+	}
+	return role + ": " + text
+}
+
+// parseComment splits a comment into role and text; role is "" when the
+// comment does not start with one of roles.
+func parseComment(c string) (role, text string) {
+	r, t, ok := strings.Cut(c, ": ")
+	if ok && slices.Contains(roles, r) {
+		return r, t
+	}
+	return "", c
 }
 
 // hookNames names the hooks of Cordon's chains.
@@ -295,7 +372,7 @@ func (pl plan) lines() []string {
 		out = append(out, chainLine(c.name, c.name, Priority, "drop"))
 	}
 	for _, r := range pl.rules {
-		out = append(out, ruleLine(r.chain, r.text))
+		out = append(out, ruleLine(r.chain, r.role, r.text))
 	}
 	return out
 }
@@ -314,34 +391,46 @@ func digestLines(lines []string) string {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))
 }
 
-// reconstruct reads back the policy that rule texts (the comments of the
-// rules in place) name: controller endpoints from the texts of controller
-// rules in input and output, allowlist CIDRs from "ip saddr CIDR accept"
-// and "ip daddr CIDR accept" (and ip6) in any chain. A policy named by any
-// one of its rules counts, so that a rule deleted behind Cordon's back
-// shows as missing rather than as a narrower policy. What it returns is
-// checked by comparing the rules in place with newPlan of it, expressions
-// and all, so a comment that lies makes the table not Cordon's.
+// reconstruct reads back the policy that the rules in place name by their
+// roles and texts: controller endpoints from controller rules, allowlist
+// CIDRs from allow rules, resolvers from dns rules, DHCP from any dhcp
+// rule. A part of the policy named by any one of its rules counts, so that
+// a rule deleted behind Cordon's back shows as missing rather than as a
+// narrower policy. What it returns is checked by comparing the rules in
+// place with newPlan of it, expressions and all, so a comment that lies
+// makes the table not Cordon's.
 func reconstruct(rules []ruleSpec) policy.Policy {
 	var p policy.Policy
 	for _, r := range rules {
 		f := strings.Fields(r.text)
-		if len(f) < 4 || (f[0] != "ip" && f[0] != "ip6") || (f[1] != "saddr" && f[1] != "daddr") {
-			continue
-		}
-		switch {
-		case len(f) == 10 && f[3] == "tcp" && (f[4] == "sport" || f[4] == "dport"):
+		switch r.role {
+		case roleController:
+			if len(f) < 6 {
+				continue
+			}
 			a, err := netip.ParseAddr(f[2])
 			port, perr := strconv.ParseUint(f[5], 10, 16)
 			if err == nil && perr == nil && port > 0 {
 				p.Controllers = append(p.Controllers, policy.Endpoint{Addr: a, Port: uint16(port)})
 			}
-		case len(f) == 4 && f[3] == "accept":
+		case roleAllow:
+			if len(f) < 3 {
+				continue
+			}
 			if a, err := netip.ParseAddr(f[2]); err == nil {
 				p.Allow = append(p.Allow, netip.PrefixFrom(a, a.BitLen()))
 			} else if pf, err := netip.ParsePrefix(f[2]); err == nil && pf.Bits() > 0 {
 				p.Allow = append(p.Allow, pf)
 			}
+		case roleDNS:
+			if len(f) < 3 {
+				continue
+			}
+			if a, err := netip.ParseAddr(f[2]); err == nil {
+				p.DNS = append(p.DNS, a)
+			}
+		case roleDHCP:
+			p.DHCP = true
 		}
 	}
 	return p.Canonical()

@@ -178,7 +178,11 @@ type Policy struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Controllers []*Endpoint            `protobuf:"bytes,1,rep,name=controllers,proto3" json:"controllers,omitempty"`
 	// CIDRs in text form.
-	Allow         []string `protobuf:"bytes,2,rep,name=allow,proto3" json:"allow,omitempty"`
+	Allow []string `protobuf:"bytes,2,rep,name=allow,proto3" json:"allow,omitempty"`
+	// DNS resolvers the host may still query, IP addresses in text form.
+	Dns []string `protobuf:"bytes,3,rep,name=dns,proto3" json:"dns,omitempty"`
+	// Keep the host's DHCP client working.
+	Dhcp          bool `protobuf:"varint,4,opt,name=dhcp,proto3" json:"dhcp,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -225,6 +229,20 @@ func (x *Policy) GetAllow() []string {
 		return x.Allow
 	}
 	return nil
+}
+
+func (x *Policy) GetDns() []string {
+	if x != nil {
+		return x.Dns
+	}
+	return nil
+}
+
+func (x *Policy) GetDhcp() bool {
+	if x != nil {
+		return x.Dhcp
+	}
+	return false
 }
 
 type IsolateRequest struct {
@@ -557,10 +575,12 @@ const file_pkg_firewall_proto_firewall_proto_rawDesc = "" +
 	"\fcapabilities\x18\x03 \x03(\tR\fcapabilities\"2\n" +
 	"\bEndpoint\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x12\n" +
-	"\x04port\x18\x02 \x01(\rR\x04port\"^\n" +
+	"\x04port\x18\x02 \x01(\rR\x04port\"\x84\x01\n" +
 	"\x06Policy\x12>\n" +
 	"\vcontrollers\x18\x01 \x03(\v2\x1c.cordon.firewall.v1.EndpointR\vcontrollers\x12\x14\n" +
-	"\x05allow\x18\x02 \x03(\tR\x05allow\"_\n" +
+	"\x05allow\x18\x02 \x03(\tR\x05allow\x12\x10\n" +
+	"\x03dns\x18\x03 \x03(\tR\x03dns\x12\x12\n" +
+	"\x04dhcp\x18\x04 \x01(\bR\x04dhcp\"_\n" +
 	"\x0eIsolateRequest\x122\n" +
 	"\x06policy\x18\x01 \x01(\v2\x1a.cordon.firewall.v1.PolicyR\x06policy\x12\x19\n" +
 	"\border_id\x18\x02 \x01(\tR\aorderId\"\\\n" +
