@@ -6,7 +6,9 @@
 //
 // For a policy with the controller endpoint 198.18.0.1:7443 and the
 // allowlist 198.18.0.4/30 the table is, as an nft(8) script (each rule
-// also carries its own text as its comment):
+// also carries "ROLE: TEXT" as its comment, such as "controller: ip saddr
+// 198.18.0.1 tcp sport 7443 ct state established accept"; roles are
+// loopback, controller, pmtu, allow, dns, dhcp and nd):
 //
 //	add table inet cordon
 //	add chain inet cordon input { type filter hook input priority -99; policy drop; }
@@ -26,7 +28,12 @@
 //	add rule inet cordon forward ip saddr 198.18.0.4/30 accept
 //	add rule inet cordon forward ip daddr 198.18.0.4/30 accept
 //
-// IPv6 endpoints and CIDRs get the same rules with ip6. What the rules
+// IPv6 endpoints and CIDRs get the same rules with ip6. A policy that
+// names DNS resolvers adds, for each, "ip saddr R udp sport 53 ct state
+// established accept" (and tcp) in input and "ip daddr R udp dport 53 ct
+// state established,new accept" (and tcp) in output; one that keeps DHCP
+// adds "meta nfproto ipv4 udp sport 67 udp dport 68 accept" in input and
+// the reverse in output, and the same for DHCPv6 (547 to 546). What the rules
 // mean is as for the iptables plugin (see its documentation): the
 // controller's address is let in only on connections the host opened,
 // path-MTU ICMP errors only when related to a tracked connection.
