@@ -36,7 +36,8 @@ type CollectRequest struct {
 	Reason       string `json:"reason"`
 	HostName     string `json:"host_name"`
 	AgentVersion string `json:"agent_version"`
-	// BudgetMS bounds the snapshot, in milliseconds.
+	// BudgetMS bounds the snapshot, in milliseconds; 0 or less means the
+	// agent's default budget (10 s).
 	BudgetMS int64 `json:"budget_ms"`
 	// The controller clock offset the agent measured just before.
 	ClockOffsetNS    *int64 `json:"clock_offset_ns,omitempty"`
@@ -202,7 +203,12 @@ func RunCollector(in io.Reader, out io.Writer, signer ssh.Signer) error {
 			}
 			return fmt.Errorf("collector: read request: %w", err)
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(req.BudgetMS)*time.Millisecond)
+		budget := time.Duration(req.BudgetMS) * time.Millisecond
+		if budget <= 0 {
+			// No budget given: the agent's own, never an expired context.
+			budget = snapshotBudget
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), budget)
 		b, err := snapshot.Take(ctx, snapshot.Request{
 			SnapshotID: req.SnapshotID, OrderID: req.OrderID, Incident: req.Incident, Reason: req.Reason,
 			HostName: req.HostName, AgentVersion: req.AgentVersion, Signer: signer, Sandbox: req.Sandbox,

@@ -268,49 +268,84 @@ func parallel(n, k int, fn func(i int)) {
 	wg.Wait()
 }
 
-// run collects every artifact but the clock and host, in order of
-// volatility (see the package documentation), closing each artifact when
-// done with it.
+// measureBootEpoch returns the wall-clock time of boot that process start
+// times count from: CLOCK_REALTIME minus CLOCK_BOOTTIME, which the kernel
+// keeps constant until the clock is stepped (slewing moves both). It is
+// measured between two reads of CLOCK_BOOTTIME, the narrowest of a few
+// tries, and rounded to the clock tick (10 ms, the resolution of start
+// ticks), so that every snapshot of one boot finds the same value, and a
+// process the same start_time, until the clock is stepped. Zero when the
+// clocks cannot be read.
+func measureBootEpoch() time.Time {
+	var lo, hi int64
+	width := int64(-1)
+	for range 5 {
+		b1, err1 := clockNS(unix.CLOCK_BOOTTIME)
+		r, err2 := clockNS(unix.CLOCK_REALTIME)
+		b2, err3 := clockNS(unix.CLOCK_BOOTTIME)
+		if err1 != nil || err2 != nil || err3 != nil {
+			return time.Time{}
+		}
+		if w := b2 - b1; width < 0 || w < width {
+			width, lo, hi = w, r-b2, r-b1
+		}
+	}
+	const tick = int64(time.Second / userHZ)
+	mid := lo + (hi-lo)/2
+	return time.Unix(0, (mid+tick/2)/tick*tick)
+}
+
+// run collects every artifact but the clock and host (see the package
+// documentation), closing each artifact when done with it. Everything runs
+// at once, the most volatile started first; only the connections wait for
+// the process scan, for their owners, and the scan gives up on what does
+// not answer (ProcReadTimeout) and stops at the deadline.
 func (c *collection) run() {
 	ctx := c.ctx
+	c.bootEpoch = measureBootEpoch()
 	pids, err := listPIDs()
 	listedAt, _ := clockNS(unix.CLOCK_BOOTTIME)
 	if err != nil {
 		c.art[ProcessesArtifact].errorf("list /proc: %v", err)
 	}
-	nss := c.discoverNetNS(pids)
+	nss, mnts := c.discoverNamespaces(pids)
 	defer func() {
 		for _, ns := range nss {
 			ns.close()
 		}
 	}()
 
-	// The most volatile together: the socket tables (started first),
-	// conntrack and the process scan, which names each socket's holders.
+	var wg sync.WaitGroup
 	var tables []nsSockets
-	var wg, tablesRead sync.WaitGroup
-	tablesRead.Go(func() { tables = c.readSocketTables(nss) })
+	tablesRead := make(chan struct{})
+	wg.Go(func() {
+		defer close(tablesRead)
+		tables = c.readSocketTables(nss)
+	})
 	wg.Go(func() { c.collectConntrack(nss) })
-	scan := c.scanProcesses(pids, listedAt)
-	tablesRead.Wait()
-	c.writeConnections(nss, tables, scan)
-	tables = nil
-
-	// The rest, less volatile, at once.
 	wg.Go(func() { c.collectNetlink(nss) })
 	wg.Go(c.collectResources)
 	wg.Go(c.collectSessions)
 	wg.Go(c.collectModules)
-	wg.Go(func() { c.collectMounts(scan.mntNS, scan.skipped) })
-	if ctx.Err() == nil {
-		// Last, so that the commands it runs are not in the process
-		// table.
-		wg.Go(c.collectFirewall)
-	} else {
+	wg.Go(func() { c.collectMounts(mnts) })
+	wg.Go(func() {
+		// After the listing of processes and the socket tables, so that
+		// the commands it runs, and their sockets, are in neither.
+		<-tablesRead
+		if ctx.Err() == nil {
+			c.collectFirewall()
+			return
+		}
 		fw := c.art[FirewallArtifact]
 		fw.cutShort("the firewall commands were not run")
 		fw.close()
-	}
+	})
+	scan := c.scanProcesses(pids, listedAt)
+	wg.Go(func() {
+		<-tablesRead
+		c.writeConnections(nss, tables, &scan.res)
+	})
+	scan.hashAndWrite()
 	wg.Wait()
 }
 
@@ -339,35 +374,52 @@ func (ns *netNS) close() {
 	}
 }
 
-// discoverNetNS finds every network namespace: one entry per distinct
-// /proc/[pid]/ns/net, plus those only a bind mount (ip netns add) holds,
-// named from /proc/self/mountinfo. Each gets an open handle on a process
-// in it (pinned: it cannot be swapped for another process) and on the
-// namespace itself, which keeps it alive while it is read. The
-// namespaces come out sorted by inode, the agent's own first.
-func (c *collection) discoverNetNS(pids []int) []*netNS {
+// discoverNamespaces finds every network namespace: one entry per
+// distinct /proc/[pid]/ns/net, plus those only a bind mount (ip netns add)
+// holds, named from /proc/self/mountinfo. Each gets an open handle on a
+// process in it (pinned: it cannot be swapped for another process) and on
+// the namespace itself, which keeps it alive while it is read. The
+// namespaces come out sorted by inode, the agent's own first. It also
+// returns every mount namespace, with up to maxCandidates processes in
+// each, by inode. Reading these links never touches a file system.
+func (c *collection) discoverNamespaces(pids []int) ([]*netNS, map[uint64][]int) {
 	k := workers()
-	locals := make([]map[uint64][]int, k)
+	nets := make([]map[uint64][]int, k)
+	mnts := make([]map[uint64][]int, k)
 	chunk := (len(pids) + k - 1) / max(k, 1)
 	parallel(k, k, func(w int) {
-		m := map[uint64][]int{}
+		net, mnt := map[uint64][]int{}, map[uint64][]int{}
 		buf := make([]byte, 128)
 		lo, hi := min(w*chunk, len(pids)), min((w+1)*chunk, len(pids))
 		var path []byte
 		for _, pid := range pids[lo:hi] {
 			path = append(strconv.AppendInt(append(path[:0], "/proc/"...), int64(pid), 10), "/ns/net"...)
-			t, err := readlinkAt(unix.AT_FDCWD, string(path), &buf)
-			if err != nil {
-				continue
+			if t, err := readlinkAt(unix.AT_FDCWD, string(path), &buf); err == nil {
+				if ino, ok := nsInode(t); ok && len(net[ino]) < maxCandidates {
+					net[ino] = append(net[ino], pid)
+				}
 			}
-			if ino, ok := nsInode(t); ok && len(m[ino]) < maxCandidates {
-				m[ino] = append(m[ino], pid)
+			path = append(path[:len(path)-3], "mnt"...)
+			if t, err := readlinkAt(unix.AT_FDCWD, string(path), &buf); err == nil {
+				if ino, ok := nsInode(t); ok && len(mnt[ino]) < maxCandidates {
+					mnt[ino] = append(mnt[ino], pid)
+				}
 			}
 		}
-		locals[w] = m
+		nets[w], mnts[w] = net, mnt
 	})
+	mntNS := map[uint64][]int{}
+	for _, m := range mnts {
+		for ino, ps := range m {
+			mntNS[ino] = append(mntNS[ino], ps...)
+		}
+	}
+	for ino, ps := range mntNS {
+		slices.Sort(ps)
+		mntNS[ino] = ps[:min(len(ps), maxCandidates)]
+	}
 	byIno := map[uint64]*netNS{}
-	for _, m := range locals {
+	for _, m := range nets {
 		for ino, ps := range m {
 			ns := byIno[ino]
 			if ns == nil {
@@ -411,7 +463,7 @@ func (c *collection) discoverNetNS(pids []int) []*netNS {
 		}
 		return 0
 	})
-	return out
+	return out, mntNS
 }
 
 // pin opens a handle on a process in the namespace and on the namespace

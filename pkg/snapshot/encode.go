@@ -188,6 +188,16 @@ func appendBool(dst []byte, b bool) []byte {
 
 // appendJSON appends the record as one line of JSON.
 func (r *ProcessRecord) appendJSON(d []byte) []byte {
+	d, _, _ = r.appendJSONMarks(d)
+	return d
+}
+
+// appendJSONMarks is appendJSON that also returns two offsets into d, for
+// a record whose executable is hashed after it is encoded (ExeSHA256 and
+// ExeError ""): sha, where the hash goes (the closing quote of
+// "exe_sha256":""), and errAt, where an exe_error field goes (just after
+// the value of exe_inode).
+func (r *ProcessRecord) appendJSONMarks(d []byte) (out []byte, sha, errAt int) {
 	d = append(d, `{"pid":`...)
 	d = strconv.AppendInt(d, int64(r.PID), 10)
 	d = appendKey(d, "ppid")
@@ -218,12 +228,14 @@ func (r *ProcessRecord) appendJSON(d []byte) []byte {
 	d = appendBool(d, r.ExeDeleted)
 	d = appendKey(d, "exe_sha256")
 	d = appendString(d, r.ExeSHA256)
+	sha = len(d) - 1
 	d = appendKey(d, "exe_size")
 	d = strconv.AppendInt(d, r.ExeSize, 10)
 	d = appendKey(d, "exe_device")
 	d = appendString(d, r.ExeDevice)
 	d = appendKey(d, "exe_inode")
 	d = strconv.AppendUint(d, r.ExeInode, 10)
+	errAt = len(d)
 	if r.ExeError != "" {
 		d = appendKey(d, "exe_error")
 		d = appendString(d, r.ExeError)
@@ -304,7 +316,7 @@ func (r *ProcessRecord) appendJSON(d []byte) []byte {
 		d = appendKey(d, "error")
 		d = appendString(d, r.Error)
 	}
-	return append(d, '}', '\n')
+	return append(d, '}', '\n'), sha, errAt
 }
 
 // appendJSON appends the record as one line of JSON.

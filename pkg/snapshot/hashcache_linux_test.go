@@ -7,8 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestHashCacheFollowsContent: a hash remembered from an earlier snapshot
@@ -65,5 +68,44 @@ func TestHashCacheFollowsContent(t *testing.T) {
 	changed := append(append([]byte(nil), b...), 0)
 	if got := hashOf(); got != want(changed) {
 		t.Fatalf("after an in-place change the hash is %s, want %s (a stale hash was reused)", got, want(changed))
+	}
+}
+
+// TestExeJobsFixedWhileHashing: once hashing starts, the list of
+// executables to hash is fixed. A reader the scan gave up on may come back
+// from its read while the files are hashed and find another executable;
+// it must not add to the list, nor to a job's processes, which hashing
+// reads without a lock (run with -race to see the race this prevents).
+func TestExeJobsFixedWhileHashing(t *testing.T) {
+	var stx unix.Statx_t
+	if err := statxAt(unix.AT_FDCWD, "/proc/self/exe", &stx); err != nil {
+		t.Fatal(err)
+	}
+	key := fileKeyOfStatx(&stx)
+	jobs := newExeJobs()
+	if i := jobs.add(key, os.Getpid()); i != 0 {
+		t.Fatalf("first job = %d", i)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for n := uint64(1); ; n++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			jobs.add(key, os.Getpid())
+			jobs.add(fileKey{dev: key.dev, ino: key.ino + n}, os.Getpid())
+		}
+	})
+	jobs.run(context.Background(), 2)
+	close(stop)
+	wg.Wait()
+	if i := jobs.add(fileKey{dev: key.dev, ino: key.ino - 1}, os.Getpid()); i != -1 {
+		t.Errorf("a job was added (%d) after hashing started", i)
+	}
+	if j := jobs.list[0]; j.sum == "" || j.err != "" {
+		t.Errorf("the test binary: sum %q, error %q", j.sum, j.err)
 	}
 }

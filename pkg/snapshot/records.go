@@ -17,7 +17,8 @@ type ClockRecord struct {
 	// time of boot.
 	BoottimeNS int64 `json:"boottime_ns"`
 	// BootTime is the wall-clock time of boot, UTC: SystemTime minus
-	// BoottimeNS. Process start times count from it.
+	// BoottimeNS. Process start times count from it rounded to the
+	// nearest 10 ms (see ProcessRecord.StartTime).
 	BootTime time.Time `json:"boot_time"`
 	// Timezone is the local zone's abbreviation ("UTC", "CET").
 	Timezone string `json:"timezone"`
@@ -86,8 +87,12 @@ type HostRecord struct {
 
 // ConnectionRecord is one record of artifacts/connections.jsonl: one
 // socket of one network namespace, as the kernel lists it in
-// /proc/[pid]/net/{tcp,tcp6,udp,udp6,raw,raw6,unix,packet}, listening and
-// unconnected ones included.
+// /proc/[pid]/net/{tcp,tcp6,udp,udp6,udplite,udplite6,raw,raw6,icmp,icmp6,
+// packet,netlink}, or, for unix sockets, sock_diag(7); listening and
+// unconnected ones included. A socket never bound (a TCP or UDP socket
+// before bind or connect) is in no table, nor are sockets of the families
+// not read (SCTP, vsock, Bluetooth, AF_ALG, XDP, TIPC, MPTCP, …): the
+// artifact's errors count the socket fds no row matched.
 type ConnectionRecord struct {
 	// NetNS is the inode of the socket's network namespace (the number in
 	// /proc/[pid]/ns/net, "net:[4026531840]").
@@ -96,29 +101,39 @@ type ConnectionRecord struct {
 	// name under /run/netns (ip-netns(8)), else the path of its nsfs
 	// mount; "" for a namespace only processes hold.
 	NetNSName string `json:"netns_name"`
-	// Family is "inet", "inet6", "unix" or "packet". An IPv4 peer of an
-	// inet6 socket (::ffff:a.b.c.d) shows as a dotted IPv4 address.
+	// Family is "inet", "inet6", "unix", "packet" or "netlink". An IPv4
+	// address of an inet6 socket (::ffff:a.b.c.d) shows as a dotted IPv4
+	// address.
 	Family string `json:"family"`
-	// Type is "tcp", "udp" or "raw" for inet and inet6; "stream",
-	// "dgram" or "seqpacket" for unix; "raw" or "dgram" for packet.
+	// Type is "tcp", "udp", "udplite", "raw" or "icmp" (a ping socket,
+	// SOCK_DGRAM with IPPROTO_ICMP or IPPROTO_ICMPV6) for inet and inet6;
+	// "stream", "dgram" or "seqpacket" for unix; "raw" or "dgram" for
+	// packet; the netlink protocol's name for netlink ("route",
+	// "sock_diag", "audit", "netfilter", "kobject_uevent", "generic", …,
+	// or its number).
 	Type string `json:"type"`
-	// Protocol is the IP protocol number of a raw socket (1 ICMP, 58
-	// ICMPv6, 255 raw) or the EtherType of a packet socket (0x0003 all);
-	// 0 otherwise.
+	// Protocol is the IP protocol number of a raw or ping socket (1 ICMP,
+	// 58 ICMPv6, 255 raw), the EtherType of a packet socket (0x0003 all)
+	// or the netlink protocol number; 0 otherwise.
 	Protocol uint16 `json:"protocol"`
 	// LocalAddr is the local IP address in text form, "0.0.0.0" or "::"
-	// when bound to every address; "" for unix and packet.
+	// when bound to every address; "" for unix, packet and netlink. IPv6
+	// addresses are in their compressed form (RFC 5952: "fd00:c0de::2").
 	LocalAddr string `json:"local_addr"`
-	// LocalPort is the local port; 0 when unbound, and for raw, unix and
-	// packet sockets.
+	// LocalPort is the local port (for a ping socket its echo
+	// identifier); 0 when unbound, and for raw, unix, packet and netlink
+	// sockets.
 	LocalPort uint16 `json:"local_port"`
 	// RemoteAddr is the peer's IP address, "0.0.0.0" or "::" when not
-	// connected; "" for unix and packet.
+	// connected; "" for unix, packet and netlink.
 	RemoteAddr string `json:"remote_addr"`
 	// RemotePort is the peer's port; 0 when not connected.
 	RemotePort uint16 `json:"remote_port"`
-	// Path is a unix socket's bound path; an abstract name starts with
-	// "@" (unix(7)); "" when unbound.
+	// Path is a unix socket's bound path, exactly as bound (from
+	// UNIX_DIAG_NAME, newlines and all); an abstract name starts with "@"
+	// (unix(7)), so that, as with ss(8), a path bound relative to the
+	// binder's directory that starts with "@" prints the same; "" when
+	// unbound.
 	Path string `json:"path"`
 	// PathB64 is Path's exact bytes in base64 when they are not UTF-8
 	// (see the package documentation).
@@ -131,18 +146,20 @@ type ConnectionRecord struct {
 	InterfaceIndex int32 `json:"interface_index"`
 	// State is the TCP state ("LISTEN", "ESTABLISHED", "TIME_WAIT", …,
 	// include/net/tcp_states.h); for udp and raw "UNCONN" or
-	// "ESTABLISHED" (connected), as ss(8) says; for unix "LISTEN",
-	// "UNCONNECTED", "CONNECTING", "CONNECTED" or "DISCONNECTING"; for
-	// packet "".
+	// "ESTABLISHED" (connected), as ss(8) says, and so for udplite and
+	// icmp; for unix "LISTEN", "UNCONNECTED", "CONNECTING" (a connection
+	// not yet accepted), "CONNECTED" or "DISCONNECTING"; for packet and
+	// netlink "".
 	State string `json:"state"`
 	// UID owns the socket (the uid column of /proc/net/*, or
-	// UNIX_DIAG_UID for unix sockets); null when unknown.
+	// UNIX_DIAG_UID for unix sockets); null when unknown, and for netlink.
 	UID *uint32 `json:"uid"`
 	// Inode is the socket's inode number, as in "socket:[inode]" in
 	// /proc/[pid]/fd; 0 for a socket no file refers to (TIME_WAIT).
 	Inode uint64 `json:"inode"`
 	// TxQueue and RxQueue are the bytes in the send and receive queues
-	// (for a listening TCP socket, RxQueue is the accept backlog).
+	// (for a listening TCP socket, RxQueue is the accept backlog; for
+	// netlink, the Wmem and Rmem columns); 0 for unix.
 	TxQueue uint64 `json:"tx_queue"`
 	// RxQueue is the bytes in the receive queue.
 	RxQueue uint64 `json:"rx_queue"`
@@ -227,15 +244,18 @@ type Namespaces struct {
 
 // ProcessRecord is one record of artifacts/processes.jsonl: one process
 // (thread group), in the agent's PID namespace. A process is identified by
-// (PID, StartTicks): a PID may be reused.
+// (boot_id, PID, StartTicks): a PID may be reused, and ticks count from
+// boot.
 type ProcessRecord struct {
 	// PID is the process ID.
 	PID int32 `json:"pid"`
 	// PPID is the parent's process ID; 0 for init and kthreadd.
 	PPID int32 `json:"ppid"`
-	// StartTime is when the process started, UTC, RFC 3339 with
-	// nanoseconds (10 ms resolution): the clock record's boot_time plus
-	// StartTicks; "" when unknown.
+	// StartTime is when the process started, UTC, RFC 3339 (10 ms
+	// resolution): the clock record's boot_time rounded to the nearest 10
+	// ms, plus StartTicks. It is the same in every snapshot of one boot
+	// until the clock is stepped (settimeofday, an NTP step), which moves
+	// boot_time; "" when unknown.
 	StartTime string `json:"start_time"`
 	// StartTicks is starttime, field 22 of /proc/[pid]/stat: clock ticks
 	// (1/100 s) after boot.
@@ -258,8 +278,21 @@ type ProcessRecord struct {
 	Exe string `json:"exe"`
 	// ExeB64 is Exe's exact bytes in base64 when they are not UTF-8.
 	ExeB64 string `json:"exe_b64,omitempty"`
-	// ExeDeleted is true when the executable has no name left in any
-	// directory (its link count is 0): deleted after exec, or a memfd.
+	// ExeDeleted is true when the name the process was started by no
+	// longer names its executable: the kernel marks Exe with
+	// " (deleted)" (a name removed after exec, even when the file lives on
+	// under another hard link), or the file has no name at all (link
+	// count 0: deleted, or a memfd, "/memfd:NAME (deleted)"). A file may
+	// also be named "… (deleted)" for real: on a local file system that
+	// name is looked up where the kernel's path starts (the agent's root
+	// for a process in the agent's mount namespace, chrooted or not; else
+	// the root of the process's mount namespace), following no symbolic
+	// link at its end, and ExeDeleted is false only when it finds the
+	// executable itself (same device and inode). A hard link to the
+	// executable made under that very name after the removal therefore
+	// also reads as false: nothing visible from outside the kernel tells
+	// the two apart. On a FUSE or network file system, or one of unknown
+	// type, the name is not looked up and ExeDeleted is true.
 	ExeDeleted bool `json:"exe_deleted"`
 	// ExeSHA256 is the lowercase hex SHA-256 of the executable's content,
 	// read through /proc/[pid]/exe with O_NOATIME (so it works for a
@@ -273,8 +306,11 @@ type ProcessRecord struct {
 	ExeDevice string `json:"exe_device"`
 	// ExeInode is the executable's inode number.
 	ExeInode uint64 `json:"exe_inode"`
-	// ExeError says why the executable was not hashed (too large,
-	// unreadable), or that it was read without O_NOATIME.
+	// ExeError says why the executable was not hashed (too large, on a
+	// FUSE or network file system, not read within ExeHashTimeout or
+	// still not answering since an earlier snapshot gave up on it,
+	// unreadable), or that it was read without O_NOATIME, or changed
+	// between the scan and its hashing.
 	ExeError string `json:"exe_error,omitempty"`
 	// Cwd is the target of /proc/[pid]/cwd.
 	Cwd string `json:"cwd"`
@@ -339,9 +375,14 @@ type ProcessRecord struct {
 	EnvNamesB64 []string `json:"env_names_b64,omitempty"`
 	// Error says what could not be read. It starts with "exited during
 	// the scan" for a process that ended while it was being read (the
-	// fields read before are kept), and with "pid reused during the scan"
+	// fields read before are kept), with "pid reused during the scan"
 	// when the process listed had ended and its PID was already taken by a
-	// newer one, which this record describes.
+	// newer one, which this record describes, and with "not read:" for a
+	// process given up on because a read of one of its /proc files did not
+	// answer (the fields read before it are kept; see ProcReadTimeout), or
+	// still does not since an earlier snapshot by the same process gave up
+	// on it ("… still not answering since an earlier snapshot"; the fields
+	// of its stat are kept).
 	Error string `json:"error,omitempty"`
 }
 
@@ -616,8 +657,12 @@ type MountRecord struct {
 }
 
 // FirewallRecord is one record of artifacts/firewall.jsonl: one command run
-// to dump the firewall ruleset as it stood before isolation. Its output is
-// in the bundle as raw/exec/<command> (its name with spaces as '-').
+// to dump the firewall ruleset of the agent's own network namespace (a
+// container's namespace has its own ruleset, which is not read). On an
+// isolate order it is the ruleset before isolation; on a triage snapshot,
+// whatever is in force, Cordon's rules included if the host is isolated.
+// Its output is in the bundle as raw/exec/<command> (its name with spaces
+// as '-').
 type FirewallRecord struct {
 	// Command is the command line run ("iptables-save",
 	// "nft list ruleset").

@@ -2,19 +2,23 @@
 //
 // Take collects, in order of volatility (RFC 3227 §2.1), and returns as a
 // signed evidence bundle (pkg/evidence) built in memory. The clocks and
-// the host's identity come first; then the socket tables (started first),
-// conntrack and the process scan run together, since each socket's owners
-// come from the processes' fd tables; then the rest, the firewall last so
-// that the commands it runs are not in the process table. Collection runs
-// on every CPU, and each artifact is compressed into the bundle as it is
-// collected. The bundle holds:
+// the host's identity come first; then the process listing, and everything
+// else at once, the most volatile started first: the socket tables,
+// conntrack, the process scan, routes and interfaces, resources, sessions,
+// modules, mounts, and the firewall once the processes are listed and the
+// socket tables read, so that the commands it runs are in neither. Only
+// the connections wait for the process scan (each socket's owners come
+// from the processes' fd tables), and only until the deadline; the
+// executables are hashed in the scan's last phase, and processes.jsonl is
+// written after it. Collection runs on every CPU, and each artifact is
+// compressed into the bundle as it is collected. The bundle holds:
 //
 //	artifacts/clock.jsonl        ClockRecord: clocks, timezone, controller offset
 //	artifacts/host.jsonl         HostRecord: host name, machine-id, boot-id, kernel,
 //	                             OS release, uptime, DMI and cloud instance ID
-//	artifacts/connections.jsonl  ConnectionRecord: TCP, UDP, raw, unix and packet
-//	                             sockets of every network namespace, with every PID
-//	                             holding each
+//	artifacts/connections.jsonl  ConnectionRecord: TCP, UDP, UDP-Lite, raw, ping,
+//	                             unix, packet and netlink sockets of every network
+//	                             namespace, with every PID holding each
 //	artifacts/conntrack.jsonl    ConntrackRecord: connection tracking, per namespace
 //	artifacts/processes.jsonl    ProcessRecord: every process, its executable hashed
 //	artifacts/open_files.jsonl   OpenFilesRecord: every process's open descriptors
@@ -48,11 +52,44 @@
 //     by about ctx's deadline returns a bundle in which every artifact that
 //     was not complete carries an error starting with CutShort. Take fails
 //     only when no bundle can be built or signed.
-//   - A process is identified by (pid, start_ticks). Each process is read
-//     through one open handle on its /proc directory, so one record never
-//     mixes two processes; one that exits while it is read keeps what was
-//     read and says "exited during the scan"; one whose PID was reused
+//   - The process scan never waits for a read that does not return (a
+//     hung FUSE or NFS server, a lock held by a thread stuck on one): it
+//     gives up on a process whose read has not answered within
+//     ProcReadTimeout, records it as "not read: /proc/PID/<file> did not
+//     answer …" with the fields read before that file, and its other
+//     readers go on with the rest, one started in place of the stuck one
+//     while fewer than 16 such reads are pending. When every reader is
+//     stuck and none may be started, the processes not read yet are left
+//     out, and the artifact's errors count them. At the deadline the scan
+//     gives up on every read still pending, and the processes not read by
+//     then are left out, cut short (with a deadline closer than
+//     ProcReadTimeout, that includes the rest of a stuck process's chunk
+//     of 32 PIDs). The connections are then written with the owners known.
+//     A read given up on is left to its goroutine (an OS thread) until it
+//     returns, and remembered by its process (pid, start_ticks): until it
+//     returns, later snapshots taken by the same process (the agent's
+//     collector) skip that process at once, "not read: … still not
+//     answering since an earlier snapshot", so that stuck reads do not
+//     pile up from one snapshot to the next.
+//   - An executable is never hashed on a FUSE or network file system. Its
+//     type comes from mountinfo, read from memory through a process whose
+//     root is its mount namespace's; its attributes from the kernel's
+//     cache (AT_STATX_DONT_SYNC), which FUSE, NFS and Ceph answer without
+//     asking their server, while 9P without cache=loose or fscache asks it
+//     even then: a 9P server that does not answer costs that process's
+//     record, as above. Elsewhere each file gets ExeHashTimeout, and is no
+//     longer read once the snapshot's time runs out. A file whose read was
+//     given up on is remembered by device and inode until that read
+//     returns, and not read again meanwhile; with 16 such reads pending, no
+//     more files are read for a hash until one returns.
+//   - A process is identified by (boot_id, pid, start_ticks). Each process
+//     is read through one open handle on its /proc directory, so one record
+//     never mixes two processes; one that exits while it is read keeps what
+//     was read and says "exited during the scan"; one whose PID was reused
 //     between the listing and the read says "pid reused during the scan".
+//     start_time is the boot time, rounded to the 10 ms clock tick, plus
+//     start_ticks: the same in every snapshot of one boot until the clock
+//     is stepped.
 //   - Network state is read in every network namespace on the host: one
 //     process per distinct /proc/[pid]/ns/net (or, for a namespace that
 //     only a bind mount holds, a thread that joins it with setns(2)).
@@ -62,7 +99,12 @@
 //     and /etc/group, never NSS, which could reach the network. The cloud
 //     instance ID comes from local files, never a metadata endpoint.
 //   - The snapshot never loads a kernel module: conntrack is read only
-//     when nf_conntrack_netlink is already there.
+//     when nf_conntrack_netlink is already there, unix sockets through
+//     sock_diag only when unix_diag is.
+//   - Unix sockets come from sock_diag(7), with their exact names:
+//     /proc/net/unix prints a name as it is, so a name holding a newline
+//     can add made-up lines there. It is kept as raw text, and parsed
+//     (strictly, its rows marked unverified) only without sock_diag.
 //
 // Bytes that are not UTF-8. Values the kernel hands over as bytes — argv,
 // comm, paths, environment variable names, unix socket names, utmp fields —
@@ -105,6 +147,26 @@ const CutShort = "cut short"
 // MaxExeHashSize is the largest executable Take hashes, in bytes; a larger
 // one gets exe_error instead of exe_sha256.
 const MaxExeHashSize = 256 << 20
+
+// ProcReadTimeout is how long the process scan waits for one read of a
+// process's /proc files (its stat, cmdline, environ, …) before it gives up
+// on that process. Such a read can block on a file system that does not
+// answer (a stalled FUSE server, a hard-mounted NFS server that is down):
+// when a thread of the process stuck on one holds its memory map lock, or,
+// before Linux 4.17, when its argv or environment is mapped from a file on
+// one. The read is left to its goroutine, which ends when the read
+// returns; the process is recorded as "not read: …", the scan goes on
+// with the rest, and until the read returns, later snapshots in this
+// process skip that process at once.
+const ProcReadTimeout = time.Second
+
+// ExeHashTimeout bounds the hashing of one executable. Hashing is the last
+// phase of the process scan, after the process table and the connections;
+// an executable not read within ExeHashTimeout (a slow disk, a file system
+// that stopped answering) is left unhashed, with exe_error saying so, and
+// the goroutine reading it is left to end when its read returns; until it
+// does, later snapshots in this process do not read that file again.
+const ExeHashTimeout = 3 * time.Second
 
 // Request says what snapshot to take and who signs it.
 type Request struct {
@@ -150,9 +212,9 @@ const (
 var sources = []struct{ name, source string }{
 	{ClockArtifact, "clock_gettime(2) CLOCK_REALTIME, CLOCK_MONOTONIC, CLOCK_BOOTTIME; /proc/uptime (proc(5)); TZ, /etc/localtime (tzfile(5)); controller clock probe"},
 	{HostArtifact, "uname(2); /etc/machine-id (machine-id(5)); /proc/sys/kernel/random/boot_id, osrelease, version, tainted (proc(5)); /etc/os-release (os-release(5)); /proc/uptime; /sys/class/dmi/id/* (SMBIOS); /var/lib/cloud/data/instance-id (cloud-init)"},
-	{ConnectionsArtifact, "/proc/[pid]/net/tcp, tcp6, udp, udp6, raw, raw6, unix, packet (proc(5)) of one process per network namespace (/proc/[pid]/ns/net, namespaces(7)), or of a thread joined to it with setns(2); owners from /proc/[pid]/fd (proc(5)); unix peers and owners from sock_diag(7) (UNIX_DIAG_PEER, UNIX_DIAG_UID)"},
+	{ConnectionsArtifact, "/proc/[pid]/net/tcp, tcp6, udp, udp6, udplite, udplite6, raw, raw6, icmp, icmp6, packet, netlink (proc(5)) of one process per network namespace (/proc/[pid]/ns/net, namespaces(7)), or of a thread joined to it with setns(2); unix sockets from sock_diag(7) (UNIX_DIAG_NAME, UNIX_DIAG_PEER, UNIX_DIAG_UID), /proc/[pid]/net/unix kept as raw text; owners from /proc/[pid]/fd (proc(5))"},
 	{ConntrackArtifact, "nfnetlink_conntrack (IPCTNL_MSG_CT_GET dump, as conntrack(8) -L) in each network namespace"},
-	{ProcessesArtifact, "/proc/[pid]/stat, status, cmdline, environ (names only), cgroup, exe, cwd, root, ns/*, fd (proc(5)), each process read through one open /proc/[pid] handle; executable SHA-256 read through /proc/[pid]/exe with O_NOATIME (open(2)), or reused from an earlier snapshot by the same collector when the file's device, inode, size, mtime and ctime are unchanged (stat(2)); names from /etc/passwd (passwd(5)) and /etc/group (group(5))"},
+	{ProcessesArtifact, "/proc/[pid]/stat, status, cmdline, environ (names only), cgroup, exe, cwd, root, ns/*, fd (proc(5)), each process read through one open /proc/[pid] handle; executable SHA-256 read through /proc/[pid]/exe with O_NOATIME (open(2)), each file within ExeHashTimeout and never on a FUSE or network file system (type from /proc/[pid]/mountinfo), or reused from an earlier snapshot by the same collector when the file's device, inode, size, mtime and ctime are unchanged (statx(2), AT_STATX_DONT_SYNC); names from /etc/passwd (passwd(5)) and /etc/group (group(5))"},
 	{OpenFilesArtifact, "readlink(2) of /proc/[pid]/fd/* (proc(5))"},
 	{ResourcesArtifact, "/proc/loadavg, /proc/meminfo, /proc/stat (proc(5)) through gopsutil (load.Avg, mem.VirtualMemory, mem.SwapMemory, cpu.Times)"},
 	{RoutesArtifact, "rtnetlink(7) RTM_GETROUTE, every table, in each network namespace; raw /proc/[pid]/net/route, ipv6_route (proc(5))"},
@@ -161,7 +223,7 @@ var sources = []struct{ name, source string }{
 	{SessionsArtifact, "/run/utmp, /var/log/wtmp, /var/log/btmp (struct utmp, utmp(5)), read with O_NOATIME; /run/systemd/sessions/* (systemd-logind)"},
 	{ModulesArtifact, "/proc/modules (proc(5), lsmod(8))"},
 	{MountsArtifact, "/proc/[pid]/mountinfo (proc(5)) of one process per mount namespace"},
-	{FirewallArtifact, "iptables-save(8), ip6tables-save(8), nft(8) list ruleset, run in the agent's network namespace before isolation"},
+	{FirewallArtifact, "iptables-save(8), ip6tables-save(8), nft(8) list ruleset, run in the agent's own network namespace only (containers' namespaces have their own rulesets, not read), before any change of an isolate order"},
 }
 
 // HostIdentity reads the identity of the host the caller runs on, from
@@ -189,7 +251,9 @@ type collection struct {
 	raws    []*evidence.ArtifactWriter
 	closing bool // no more raw artifacts: Take is finishing
 
-	clock     ClockRecord
+	clock ClockRecord
+	// bootEpoch is the wall-clock time of boot that process start times
+	// count from (measureBootEpoch).
 	bootEpoch time.Time
 }
 
@@ -316,9 +380,6 @@ func Take(ctx context.Context, req Request) (*evidence.Bundle, error) {
 		defer cancel()
 	}
 	c := &collection{ctx: cctx, b: b, art: map[string]*artifact{}, clock: clock}
-	if clock.BoottimeNS > 0 {
-		c.bootEpoch = time.Unix(0, clock.SystemTimeUnixNS-clock.BoottimeNS)
-	}
 	for _, s := range sources {
 		w, err := b.CreateJSONL(s.name, s.source)
 		if err != nil {

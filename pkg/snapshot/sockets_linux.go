@@ -6,9 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"slices"
 	"strconv"
-	"strings"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -20,22 +20,33 @@ const (
 	famInet6
 	famUnix
 	famPacket
+	famNetlink
 )
 
-var famNames = [...]string{famInet: "inet", famInet6: "inet6", famUnix: "unix", famPacket: "packet"}
+var famNames = [...]string{famInet: "inet", famInet6: "inet6", famUnix: "unix", famPacket: "packet", famNetlink: "netlink"}
 
-// sockTable is one /proc/net table: its file name, family and type.
+// sockTable is one /proc/net table: its file name, family and type, the
+// protocol its rows have, and whether a kernel may lack it.
 type sockTable struct {
-	file   string
-	family uint8
-	typ    string
+	file     string
+	family   uint8
+	typ      string
+	proto    uint16
+	optional bool
 }
 
+// sockTables are the tables read, in this order. The unix sockets are
+// taken from sock_diag(7); /proc/net/unix is kept as raw text (see
+// readSocketTables).
 var sockTables = []sockTable{
-	{"tcp", famInet, "tcp"}, {"tcp6", famInet6, "tcp"},
-	{"udp", famInet, "udp"}, {"udp6", famInet6, "udp"},
-	{"raw", famInet, "raw"}, {"raw6", famInet6, "raw"},
-	{"unix", famUnix, ""}, {"packet", famPacket, ""},
+	{file: "tcp", family: famInet, typ: "tcp"}, {file: "tcp6", family: famInet6, typ: "tcp", optional: true},
+	{file: "udp", family: famInet, typ: "udp"}, {file: "udp6", family: famInet6, typ: "udp", optional: true},
+	{file: "udplite", family: famInet, typ: "udplite", optional: true}, {file: "udplite6", family: famInet6, typ: "udplite", optional: true},
+	{file: "raw", family: famInet, typ: "raw"}, {file: "raw6", family: famInet6, typ: "raw", optional: true},
+	{file: "icmp", family: famInet, typ: "icmp", proto: unix.IPPROTO_ICMP, optional: true},
+	{file: "icmp6", family: famInet6, typ: "icmp", proto: unix.IPPROTO_ICMPV6, optional: true},
+	{file: "unix", family: famUnix}, {file: "packet", family: famPacket, optional: true},
+	{file: "netlink", family: famNetlink, optional: true},
 }
 
 // sockRow is one parsed line of a socket table, compact: tens of
@@ -63,8 +74,19 @@ type nsSockets struct {
 	errs []string
 }
 
+// useSockDiag is false only in tests, to take unix sockets from
+// /proc/net/unix as when sock_diag cannot be used.
+var useSockDiag = true
+
+// unixFromProcNet is the error recorded when the unix sockets of a
+// namespace come from /proc/net/unix.
+const unixFromProcNet = "unix sockets from /proc/net/unix: rows unverified, since a socket's name may hold a newline followed by a made-up line (any user can bind such an abstract name)"
+
 // readSocketTables reads the socket tables of every namespace, keeping
-// the raw text, and the unix sockets' peers from sock_diag.
+// the raw text. Unix sockets come from sock_diag(7) (UNIX_DIAG_NAME, PEER,
+// UID), which gives each socket's exact name: /proc/net/unix prints names
+// as they are, newlines included, so a name can forge lines there. It is
+// kept as raw text, and parsed only when sock_diag cannot be used.
 func (c *collection) readSocketTables(nss []*netNS) []nsSockets {
 	a := c.art[ConnectionsArtifact]
 	out := make([]nsSockets, len(nss))
@@ -74,6 +96,7 @@ func (c *collection) readSocketTables(nss []*netNS) []nsSockets {
 			a.cutShort(fmt.Sprintf("the socket tables of %d of %d network namespaces were not read", n, len(nss)))
 		}
 	}()
+	diagErr := unixDiagReady()
 	parallel(len(nss), workers(), func(i int) {
 		if c.ctx.Err() != nil {
 			skipped.Add(1)
@@ -86,39 +109,65 @@ func (c *collection) readSocketTables(nss []*netNS) []nsSockets {
 			b, err := ns.readNetFile(t.file, *bp)
 			*bp = b[:0]
 			if err != nil {
-				if t.family == famInet6 && gone(err) {
-					continue // no IPv6 in this kernel or namespace
+				if t.optional && gone(err) {
+					continue // not in this kernel or namespace
 				}
 				res.errs = append(res.errs, fmt.Sprintf("%s: /proc/net/%s: %v", ns.label(), t.file, err))
+				if t.family != famUnix {
+					continue
+				}
+			} else {
+				a.raw(ns.rawPath(t.file), b)
+			}
+			if t.family == famUnix {
+				var derr error
+				if derr = diagErr; derr == nil {
+					var rows []sockRow
+					if rows, derr = unixDiag(ns.nsfd); derr == nil {
+						res.rows = append(res.rows, rows...)
+						continue
+					}
+				}
+				if err != nil {
+					res.errs = append(res.errs, fmt.Sprintf("%s: unix sockets (sock_diag): %v", ns.label(), derr))
+					continue
+				}
+				var bad int
+				res.rows, bad = parseSockTable(b, t, res.rows)
+				res.errs = append(res.errs, fmt.Sprintf("%s: sock_diag: %v; %s; %d lines that did not parse strictly were skipped", ns.label(), derr, unixFromProcNet, bad))
 				continue
 			}
-			a.raw(ns.rawPath(t.file), b)
 			var bad int
 			res.rows, bad = parseSockTable(b, t, res.rows)
 			if bad > 0 {
 				res.errs = append(res.errs, fmt.Sprintf("%s: /proc/net/%s: %d lines not understood", ns.label(), t.file, bad))
 			}
 		}
-		if ns.nsfd >= 0 {
-			peers, err := unixDiag(ns.nsfd)
-			if err != nil {
-				res.errs = append(res.errs, fmt.Sprintf("%s: unix socket peers and owners (sock_diag): %v", ns.label(), err))
-			}
-			for j := range res.rows {
-				r := &res.rows[j]
-				if r.family != famUnix {
-					continue
-				}
-				if d, ok := peers[r.inode]; ok {
-					r.peer, r.uid, r.hasUID = d.peer, d.uid, d.hasUID
-					if d.hasName {
-						r.path = d.name
-					}
-				}
-			}
-		}
 	})
 	return out
+}
+
+// unixDiagReady says why sock_diag cannot give the unix sockets without
+// loading a kernel module (unix_diag), or nil when it can.
+func unixDiagReady() error {
+	if !useSockDiag {
+		return errors.New("not used (test)")
+	}
+	mods, err := readFile("/proc/modules")
+	if err != nil {
+		return nil // no loadable modules: unix_diag is built in or absent
+	}
+	if bytes.Contains(mods, []byte("\nunix_diag ")) || bytes.HasPrefix(mods, []byte("unix_diag ")) {
+		return nil
+	}
+	var uts unix.Utsname
+	if unix.Uname(&uts) == nil {
+		b, err := readFile("/lib/modules/" + unix.ByteSliceToString(uts.Release[:]) + "/modules.builtin")
+		if err == nil && bytes.Contains(b, []byte("/unix_diag.ko")) {
+			return nil
+		}
+	}
+	return errors.New("unix_diag is not loaded, and asking sock_diag would load it; the snapshot does not load kernel modules")
 }
 
 // parseSockTable appends the sockets of one /proc/net table to rows and
@@ -149,6 +198,8 @@ func parseSockTable(b []byte, t sockTable, rows []sockRow) ([]sockRow, int) {
 			r, ok = parseUnixLine(line)
 		case famPacket:
 			r, ok = parsePacketLine(line)
+		case famNetlink:
+			r, ok = parseNetlinkLine(line)
 		}
 		if !ok {
 			bad++
@@ -207,6 +258,7 @@ func parseInetLine(line []byte, t sockTable) (sockRow, bool) {
 		return sockRow{}, false
 	}
 	r.state, r.txq, r.rxq, r.uid, r.hasUID, r.inode = uint8(st), txq, rxq, uint32(uid), true, uint64(ino)
+	r.proto = t.proto
 	if t.typ == "raw" {
 		// The local "port" of a raw socket is its protocol.
 		r.proto, r.lport = r.lport, 0
@@ -214,36 +266,72 @@ func parseInetLine(line []byte, t sockTable) (sockRow, bool) {
 	return r, true
 }
 
-// parseUnixLine parses a line of /proc/net/unix (proc(5)):
-// Num RefCount Protocol Flags Type St Inode [Path].
+// parseUnixLine parses a line of /proc/net/unix (proc(5)) strictly, as
+// the kernel prints it ("%pK: %08X %08X %08X %04X %02X %5lu", then " "
+// and the name when bound): Num RefCount Protocol Flags Type St Inode
+// [Path]. The name is the rest of the line; one holding a newline cannot
+// be told from a line of its own (see unixFromProcNet).
 func parseUnixLine(line []byte) (sockRow, bool) {
-	var f [8][]byte
-	n := fields(line, f[:])
-	if n < 7 {
+	num, rest, ok := bytes.Cut(line, []byte(": "))
+	if !ok || (len(num) != 8 && len(num) != 16) {
 		return sockRow{}, false
 	}
-	flags, ok1 := hexUint(f[3])
-	typ, ok2 := hexUint(f[4])
-	st, ok3 := hexUint(f[5])
-	ino, ok4 := atoi(f[6])
-	if !(ok1 && ok2 && ok3 && ok4) {
+	if _, ok := hexUint(num); !ok {
 		return sockRow{}, false
 	}
-	r := sockRow{family: famUnix, flags: uint32(flags), state: uint8(st), inode: uint64(ino)}
-	switch typ {
-	case unix.SOCK_STREAM:
-		r.typ = "stream"
-	case unix.SOCK_DGRAM:
-		r.typ = "dgram"
-	case unix.SOCK_SEQPACKET:
-		r.typ = "seqpacket"
-	default:
-		r.typ = strconv.FormatUint(typ, 10)
+	var h [5]uint64
+	for k, width := range [5]int{8, 8, 8, 4, 2} {
+		if len(rest) < width+1 || rest[width] != ' ' || !upperHex(rest[:width]) {
+			return sockRow{}, false
+		}
+		h[k], _ = hexUint(rest[:width])
+		rest = rest[width+1:]
 	}
-	if n == 8 {
-		r.path = string(f[7])
+	// The inode, right-aligned in at least 5 columns, then " name" or
+	// the end of the line.
+	j := 0
+	for j < len(rest) && rest[j] == ' ' {
+		j++
+	}
+	k := j
+	for k < len(rest) && rest[k] >= '0' && rest[k] <= '9' {
+		k++
+	}
+	ino, ok := atoi(rest[j:k])
+	if !ok || (k-j < 5 && j != 5-(k-j)) || (k-j >= 5 && j != 0) {
+		return sockRow{}, false
+	}
+	if k < len(rest) && (rest[k] != ' ' || k+1 == len(rest)) {
+		return sockRow{}, false
+	}
+	flags, typ, st := h[2], h[3], h[4]
+	r := sockRow{family: famUnix, flags: uint32(flags), state: uint8(st), inode: uint64(ino), typ: unixType(typ)}
+	if k < len(rest) {
+		r.path = string(rest[k+1:])
 	}
 	return r, true
+}
+
+func upperHex(b []byte) bool {
+	for _, c := range b {
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// unixType names a unix socket's type (SOCK_STREAM, …).
+func unixType(typ uint64) string {
+	switch typ {
+	case unix.SOCK_STREAM:
+		return "stream"
+	case unix.SOCK_DGRAM:
+		return "dgram"
+	case unix.SOCK_SEQPACKET:
+		return "seqpacket"
+	}
+	return strconv.FormatUint(typ, 10)
 }
 
 // parsePacketLine parses a line of /proc/net/packet:
@@ -269,6 +357,38 @@ func parsePacketLine(line []byte) (sockRow, bool) {
 		r.typ = "dgram"
 	default:
 		r.typ = strconv.Itoa(typ)
+	}
+	return r, true
+}
+
+// netlinkProtocols names the netlink protocols (NETLINK_ROUTE, …,
+// include/uapi/linux/netlink.h).
+var netlinkProtocols = [...]string{
+	0: "route", 1: "unused", 2: "usersock", 3: "firewall", 4: "sock_diag", 5: "nflog", 6: "xfrm",
+	7: "selinux", 8: "iscsi", 9: "audit", 10: "fib_lookup", 11: "connector", 12: "netfilter",
+	13: "ip6_fw", 14: "dnrtmsg", 15: "kobject_uevent", 16: "generic", 18: "scsitransport",
+	19: "ecryptfs", 20: "rdma", 21: "crypto", 22: "smc",
+}
+
+// parseNetlinkLine parses a line of /proc/net/netlink:
+// sk Eth Pid Groups Rmem Wmem Dump Locks Drops Inode.
+func parseNetlinkLine(line []byte) (sockRow, bool) {
+	var f [11][]byte
+	if fields(line, f[:]) < 10 {
+		return sockRow{}, false
+	}
+	proto, ok1 := atoi(f[1])
+	rmem, ok2 := atoi(f[4])
+	wmem, ok3 := atoi(f[5])
+	ino, ok4 := atoi(bytes.TrimSpace(f[9]))
+	if !(ok1 && ok2 && ok3 && ok4) || proto > 0xffff {
+		return sockRow{}, false
+	}
+	r := sockRow{family: famNetlink, proto: uint16(proto), rxq: uint64(rmem), txq: uint64(wmem), inode: uint64(ino)}
+	if proto < len(netlinkProtocols) && netlinkProtocols[proto] != "" {
+		r.typ = netlinkProtocols[proto]
+	} else {
+		r.typ = strconv.Itoa(proto)
 	}
 	return r, true
 }
@@ -375,18 +495,12 @@ func (r *sockRow) stateName() string {
 	return ""
 }
 
-// unixPeer is what sock_diag says of one unix socket.
-type unixPeer struct {
-	peer    uint64
-	uid     uint32
-	hasUID  bool
-	name    string
-	hasName bool
-}
-
 // unixDiag dumps the unix sockets of the namespace open as nsfd with
-// sock_diag(7), for their peers, owners and exact names.
-func unixDiag(nsfd int) (map[uint64]unixPeer, error) {
+// sock_diag(7): type, state, inode, exact name, peer and owner of each.
+func unixDiag(nsfd int) ([]sockRow, error) {
+	if nsfd < 0 {
+		return nil, errors.New("the namespace could not be opened")
+	}
 	var fd int
 	err := inNetNS(nsfd, func() error {
 		var err error
@@ -420,7 +534,7 @@ func unixDiag(nsfd int) (map[uint64]unixPeer, error) {
 	if err := unix.Sendto(fd, req[:], 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, err
 	}
-	out := map[uint64]unixPeer{}
+	var rows []sockRow
 	buf := make([]byte, 64<<10)
 	for {
 		n, _, err := unix.Recvfrom(fd, buf, 0)
@@ -428,31 +542,31 @@ func unixDiag(nsfd int) (map[uint64]unixPeer, error) {
 			continue
 		}
 		if err != nil {
-			return out, err
+			return nil, err
 		}
 		msgs, err := syscallParseNetlink(buf[:n])
 		if err != nil {
-			return out, err
+			return nil, err
 		}
 		for _, m := range msgs {
 			switch m.typ {
 			case unix.NLMSG_DONE:
-				return out, nil
+				return rows, nil
 			case unix.NLMSG_ERROR:
 				if len(m.data) >= 4 {
 					if e := int32(binary.NativeEndian.Uint32(m.data)); e != 0 {
-						return out, unix.Errno(-e)
+						return nil, unix.Errno(-e)
 					}
 				}
-				return out, nil
+				return rows, nil
 			}
 			// struct unix_diag_msg: family, type, state, pad, ino u32,
 			// cookie [2]u32; then attributes.
 			if len(m.data) < 16 {
-				continue
+				return nil, errors.New("sock_diag: short message")
 			}
-			ino := uint64(binary.NativeEndian.Uint32(m.data[4:]))
-			var p unixPeer
+			r := sockRow{family: famUnix, typ: unixType(uint64(m.data[1])), inode: uint64(binary.NativeEndian.Uint32(m.data[4:]))}
+			r.state, r.flags = unixState(m.data[2], r.inode)
 			for a := m.data[16:]; len(a) >= 4; {
 				l := int(binary.NativeEndian.Uint16(a))
 				typ := binary.NativeEndian.Uint16(a[2:])
@@ -462,28 +576,49 @@ func unixDiag(nsfd int) (map[uint64]unixPeer, error) {
 				v := a[4:l]
 				switch typ {
 				case attrName:
-					p.hasName = true
 					if len(v) > 0 && v[0] == 0 {
 						// Abstract: exactly the name's bytes.
-						p.name = "@" + string(v[1:])
+						r.path = "@" + string(v[1:])
 					} else {
 						// A path, with its terminating NUL.
-						p.name = string(bytes.TrimSuffix(v, []byte{0}))
+						r.path = string(bytes.TrimSuffix(v, []byte{0}))
 					}
 				case attrPeer:
 					if len(v) >= 4 {
-						p.peer = uint64(binary.NativeEndian.Uint32(v))
+						r.peer = uint64(binary.NativeEndian.Uint32(v))
 					}
 				case attrUID:
 					if len(v) >= 4 {
-						p.uid, p.hasUID = binary.NativeEndian.Uint32(v), true
+						r.uid, r.hasUID = binary.NativeEndian.Uint32(v), true
 					}
 				}
 				a = a[min((l+3)&^3, len(a)):]
 			}
-			out[ino] = p
+			rows = append(rows, r)
 		}
 	}
+}
+
+// unixState turns a unix socket's sk_state, as sock_diag gives it, into
+// the St and Flags columns /proc/net/unix would show (unix_seq_show in
+// net/unix/af_unix.c), so that stateName names it the same either way: a
+// listener has __SO_ACCEPTCON; a socket with a file (inode not 0) is
+// CONNECTED when established, else UNCONNECTED; one without (a connection
+// not yet accepted) is CONNECTING when established, else DISCONNECTING.
+func unixState(skState uint8, inode uint64) (state uint8, flags uint32) {
+	const tcpEstablished, tcpListen = 1, 10
+	if skState == tcpListen {
+		flags = 1 << 16
+	}
+	switch {
+	case inode != 0 && skState == tcpEstablished:
+		return 3, flags
+	case inode != 0:
+		return 1, flags
+	case skState == tcpEstablished:
+		return 2, flags
+	}
+	return 4, flags
 }
 
 type nlMsg struct {
@@ -515,7 +650,8 @@ type sockOwner struct {
 	pid   int32
 }
 
-func (o *owners) lookup(inode uint64) []int32 {
+// lookup returns the holders of inode, and the range of pairs they are.
+func (o *owners) lookup(inode uint64) (pids []int32, from, to int) {
 	i, _ := slices.BinarySearchFunc(o.pairs, inode, func(p sockOwner, ino uint64) int {
 		switch {
 		case p.inode < ino:
@@ -525,17 +661,17 @@ func (o *owners) lookup(inode uint64) []int32 {
 		}
 		return 0
 	})
-	var pids []int32
+	from = i
 	for ; i < len(o.pairs) && o.pairs[i].inode == inode; i++ {
 		if n := len(pids); n == 0 || pids[n-1] != o.pairs[i].pid {
 			pids = append(pids, o.pairs[i].pid)
 		}
 	}
-	return pids
+	return pids, from, i
 }
 
 // writeConnections writes the sockets read from every namespace with
-// their owners from the process scan.
+// their owners from the process scan, as far as it got.
 func (c *collection) writeConnections(nss []*netNS, tables []nsSockets, scan *scanResult) {
 	a := c.art[ConnectionsArtifact]
 	defer a.close()
@@ -552,19 +688,17 @@ func (c *collection) writeConnections(nss []*netNS, tables []nsSockets, scan *sc
 		}
 		return int(x.pid) - int(y.pid)
 	})
+	matched := make([]bool, len(own.pairs))
 	if n := len(scan.fdUnread); n > 0 {
-		const maxList = 20
-		list := fmt.Sprint(scan.fdUnread[:min(n, maxList)])
-		if n > maxList {
-			list = strings.TrimSuffix(list, "]") + " …]"
-		}
-		a.errorf("the fd tables of %d processes could not be read (pids %s): sockets only they hold have no pid", n, list)
+		a.errorf("the fd tables of %d processes could not be read (pids %s): sockets only they hold have no pid", n, pidList(scan.fdUnread))
 	}
-	if c.ctx.Err() != nil && scan.skipped > 0 {
+	if n := len(scan.unread); n > 0 {
+		a.errorf("%d processes did not answer and were not read (pids %s): sockets only they hold have no pid", n, pidList(scan.unread))
+	}
+	if scan.skipped > 0 {
 		a.cutShort(fmt.Sprintf("the fd tables of %d processes were not read, so sockets they hold may have no pid", scan.skipped))
 	}
 	var line []byte
-	total := 0
 	for i, ns := range nss {
 		if ns.err != "" && ns.nsfd < 0 {
 			a.errorf("%s: %s", ns.label(), ns.err)
@@ -600,16 +734,42 @@ func (c *collection) writeConnections(nss []*netNS, tables []nsSockets, scan *sc
 				rec.UID = &u
 			}
 			if r.inode != 0 {
-				if p := own.lookup(r.inode); len(p) > 0 {
+				if p, from, to := own.lookup(r.inode); len(p) > 0 {
 					rec.PIDs, rec.PID = p, p[0]
+					for k := from; k < to; k++ {
+						matched[k] = true
+					}
 				}
 			}
 			line = appendJSON(line[:0], &rec)
 			if !a.lines(line) {
 				return
 			}
-			total++
 		}
+	}
+	// Socket fds that no table row named: a family not read, or a
+	// socket made after the tables were read. The snapshot's own (its
+	// netlink sockets come and go while it runs) are left out.
+	var fds, socks int
+	var pids []int32
+	var last uint64
+	self := int32(os.Getpid())
+	for k, m := range matched {
+		o := own.pairs[k]
+		if m || o.pid == self {
+			continue
+		}
+		fds++
+		if fds == 1 || o.inode != last {
+			socks++
+		}
+		last = o.inode
+		pids = append(pids, o.pid)
+	}
+	if fds > 0 {
+		slices.Sort(pids)
+		pids = slices.Compact(pids)
+		a.errorf("%d socket fds (%d sockets) of %d processes matched no socket table read (pids %s): sockets of a family not read (sctp, vsock, bluetooth, alg, xdp, tipc, mptcp, …), sockets never bound (an unbound tcp, udp or ping socket is in no table), or sockets made after the tables were read", fds, socks, len(pids), pidList(pids))
 	}
 	if c.ctx.Err() == nil && len(nss) == 0 {
 		a.errorf("no network namespace found")

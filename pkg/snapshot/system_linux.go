@@ -277,22 +277,18 @@ func parseModules(b []byte) ([]ModuleRecord, []string) {
 }
 
 // collectMounts reads the mount table of every mount namespace, through
-// one process in each (mntNS maps namespace inodes to one).
-// skipped is how many processes the scan did not read: their mount
-// namespaces are unknown.
-func (c *collection) collectMounts(mntNS map[uint64]int32, skipped int) {
+// a process in each (mntNS maps namespace inodes to up to maxCandidates
+// processes in it, as found when the namespaces were listed).
+func (c *collection) collectMounts(mntNS map[uint64][]int) {
 	a := c.art[MountsArtifact]
 	defer a.close()
-	if skipped > 0 {
-		a.cutShort(fmt.Sprintf("the mount namespaces of the %d processes the scan did not read are unknown", skipped))
-	}
 	inodes := make([]uint64, 0, len(mntNS))
 	for ino := range mntNS {
 		inodes = append(inodes, ino)
 	}
 	slices.Sort(inodes)
 	if len(inodes) == 0 {
-		// The process scan did not run or got nothing: at least our own.
+		// No process could be read: at least our own.
 		b, err := readFile("/proc/self/mountinfo")
 		if err != nil {
 			a.errorf("%v", err)
@@ -309,29 +305,43 @@ func (c *collection) collectMounts(mntNS map[uint64]int32, skipped int) {
 			a.cutShort(fmt.Sprintf("%d of %d mount namespaces read", i, len(inodes)))
 			return
 		}
-		pid := mntNS[ino]
-		dfd, err := unix.Open("/proc/"+strconv.Itoa(int(pid)), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			a.errorf("mntns %d: process %d: %v", ino, pid, err)
-			continue
+		var pid int
+		var err error
+		for _, pid = range mntNS[ino] {
+			data, err = readMountinfo(pid, ino, data, &buf)
+			if err == nil || !gone(err) {
+				break
+			}
 		}
-		t, err := readlinkAt(dfd, "ns/mnt", &buf)
-		if now, _ := nsInode(t); err != nil || now != ino {
-			unix.Close(dfd)
-			a.errorf("mntns %d: process %d exited before its mount table was read", ino, pid)
-			continue
-		}
-		data, err = readAt(dfd, "mountinfo", data, maxRead)
-		unix.Close(dfd)
 		if err != nil {
-			a.errorf("mntns %d: /proc/%d/mountinfo: %v", ino, pid, err)
+			if gone(err) {
+				a.errorf("mntns %d: every process in it (%v) exited before its mount table was read", ino, mntNS[ino])
+			} else {
+				a.errorf("mntns %d: /proc/%d/mountinfo: %v", ino, pid, err)
+			}
 			continue
 		}
 		a.raw(fmt.Sprintf("/mntns/%d/proc/self/mountinfo", ino), data)
-		if !c.writeMounts(a, data, ino, pid) {
+		if !c.writeMounts(a, data, ino, int32(pid)) {
 			return
 		}
 	}
+}
+
+// readMountinfo reads /proc/PID/mountinfo into data[:0], checking that
+// the process is in mount namespace ino; an error for which gone is true
+// means it is not (any more).
+func readMountinfo(pid int, ino uint64, data []byte, buf *[]byte) ([]byte, error) {
+	dfd, err := unix.Open("/proc/"+strconv.Itoa(pid), unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return data[:0], err
+	}
+	defer unix.Close(dfd)
+	t, err := readlinkAt(dfd, "ns/mnt", buf)
+	if now, _ := nsInode(t); err != nil || now != ino {
+		return data[:0], unix.ESRCH
+	}
+	return readAt(dfd, "mountinfo", data, maxRead)
 }
 
 func (c *collection) writeMounts(a *artifact, data []byte, ino uint64, pid int32) bool {
