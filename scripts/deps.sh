@@ -1,7 +1,8 @@
 #!/bin/sh
 # Installs the Debian packages Cordon's tests and demo run on, when missing:
 # iptables and nftables (the firewalls isolated hosts use), iproute2 (network
-# namespaces), conntrack (flow tables), openssh-client (ssh-keygen, to check
+# namespaces), conntrack (flow tables), iputils-ping (ping, the ICMP probe of
+# the firewall test matrix), openssh-client (ssh-keygen, to check
 # evidence signatures with stock OpenSSH) and strace (a test watches the
 # snapshot code for any write to disk).
 set -eu
@@ -12,6 +13,7 @@ need ip6tables iptables
 need nft nftables
 need ip iproute2
 need conntrack conntrack
+need ping iputils-ping
 need ssh-keygen openssh-client
 need strace strace
 [ -z "$missing" ] && exit 0
