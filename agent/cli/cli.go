@@ -198,7 +198,7 @@ the command line override the file.`,
 		},
 	}
 	collectorCmd.Flags().StringVar(&collectorKey, "key", "", "agent key file")
-	cmd.AddCommand(collectorCmd)
+	cmd.AddCommand(collectorCmd, newReleaseCmd(out, errw))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -312,9 +312,11 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if created {
 		log.Info("created agent key", "path", cfg.Key, "key", sshkey.Fingerprint(signer.PublicKey()))
 	}
-	if err := os.MkdirAll(cfg.RuntimeDir, 0o700); err != nil {
-		return fmt.Errorf("runtime directory: %w", err)
+	lock, err := lockRuntime(cfg.RuntimeDir)
+	if err != nil {
+		return err
 	}
+	defer lock.Close()
 	// The snapshot collector keeps the read access the sandbox would take
 	// away (other processes' /proc/PID/fd, exe, ns); it has no network and
 	// writes nothing. Then, from here on, Landlock holds the agent, its

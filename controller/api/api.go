@@ -33,6 +33,7 @@ const (
 	OpOperatorRemove   = "operator.remove"   // OperatorRemoveArgs → Operator (role admin)
 	OpAudit            = "audit"             // AuditArgs → []AuditEntry
 	OpWhoami           = "whoami"            // NoArgs → Operator
+	OpReleaseToken     = "release.token"     // ReleaseTokenArgs → ReleaseToken (role responder)
 )
 
 // ChanName is the SSH channel type of the operator API.
@@ -307,6 +308,25 @@ type CustodyEntry struct {
 }
 
 // EnrollToken is a one-time agent enrollment token.
+// ReleaseTokenArgs asks for a break-glass release token for a host whose
+// controller may become unreachable (releasetoken).
+type ReleaseTokenArgs struct {
+	Host   string `json:"host"`
+	Reason string `json:"reason"`
+	// TTL is how long the token is valid; 0 means one hour, at most 24 h.
+	TTL time.Duration `json:"ttl,omitempty"`
+}
+
+// ReleaseToken is a signed token file (releasetoken.File as JSON) and
+// what it permits.
+type ReleaseToken struct {
+	ID        string    `json:"id"`
+	Host      string    `json:"host"`
+	MachineID string    `json:"machine_id,omitempty"`
+	NotAfter  time.Time `json:"not_after"`
+	File      string    `json:"file"`
+}
+
 type EnrollToken struct {
 	Token     string    `json:"enroll_token"`
 	ExpiresAt time.Time `json:"expires_at"`

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -67,6 +69,7 @@ func newReleaseCmd(g *globals) *cobra.Command {
 			return runOrder(cmd.Context(), g, api.OpRelease, args[0], o)
 		},
 	}
+	cmd.AddCommand(newReleaseTokenCmd(g))
 	f := host.Flags()
 	f.StringVar(&o.reason, "reason", "", "why the host is released (required)")
 	f.StringVar(&o.incident, "incident", "", "incident `id` the order belongs to")
@@ -217,4 +220,73 @@ func short(d string) string {
 		return d[:19] + "…"
 	}
 	return d
+}
+
+// newReleaseTokenCmd is 'cordon release token host NAME': a break-glass
+// token, signed by the controller, that releases the host from its console
+// with 'cordon-agent release --local' when the controller cannot be
+// reached.
+func newReleaseTokenCmd(g *globals) *cobra.Command {
+	var reason, out string
+	var ttl time.Duration
+	token := &cobra.Command{
+		Use:   "token",
+		Short: "Break-glass release tokens, for when the controller is gone",
+	}
+	host := &cobra.Command{
+		Use:   "host NAME --reason TEXT --out FILE [--ttl 1h]",
+		Short: "Sign a token that releases one host from its console (role responder)",
+		Long: `Sign a token that lets 'cordon-agent release --local --token FILE', run on the
+host's console, remove Cordon's rules when the controller cannot be reached.
+The token names the host and its machine-id, expires (--ttl, at most 24h), and
+is signed by the controller's key, which the agent pins; its issue is in the
+audit log. Keep it like a password until it expires.`,
+		Args: exactArgs(1, "a host name"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if reason == "" {
+				return usageErr("--reason is required: say why, it goes into the audit log")
+			}
+			if out == "" {
+				return usageErr("--out is required: the file to write the token to")
+			}
+			c, err := g.dial(cmd.Context())
+			if err != nil {
+				return err
+			}
+			defer c.Close()
+			var tok api.ReleaseToken
+			if err := c.Call(cmd.Context(), api.OpReleaseToken, api.ReleaseTokenArgs{Host: args[0], Reason: reason, TTL: ttl}, &tok); err != nil {
+				return err
+			}
+			f, err := os.OpenFile(out, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("write the token: %w (it is not overwritten)", err)
+			}
+			if _, err := f.WriteString(tok.File + "\n"); err != nil {
+				f.Close()
+				return fmt.Errorf("write the token: %w", err)
+			}
+			if err := f.Close(); err != nil {
+				return fmt.Errorf("write the token: %w", err)
+			}
+			if g.json() {
+				return g.printJSON(struct {
+					ID        string    `json:"id"`
+					Host      string    `json:"host"`
+					MachineID string    `json:"machine_id,omitempty"`
+					NotAfter  time.Time `json:"not_after"`
+					Path      string    `json:"path"`
+				}{tok.ID, tok.Host, tok.MachineID, tok.NotAfter, out})
+			}
+			_, err = fmt.Fprintf(g.io.Out, "release token %s for %s written to %s, valid until %s.\nOn the host's console: cordon-agent release --local --token %s\n",
+				tok.ID, tok.Host, out, tok.NotAfter.Local().Format(time.RFC1123), filepath.Base(out))
+			return err
+		},
+	}
+	f := host.Flags()
+	f.StringVar(&reason, "reason", "", "why a local release may be needed (required; recorded in the audit log and the token)")
+	f.StringVar(&out, "out", "", "`file` to write the token to (not overwritten)")
+	f.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid (at most 24h)")
+	token.AddCommand(host)
+	return token
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/controller/store"
 	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/releasetoken"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
@@ -218,6 +219,50 @@ var ops = map[string]opSpec{
 	api.OpOperatorRemove:   {adminOnly, "operator remove", with((*Server).operatorRemove)},
 	api.OpAudit:            {anyone, "audit", with((*Server).audit)},
 	api.OpWhoami:           {anyone, "operator whoami", with((*Server).whoami)},
+	api.OpReleaseToken:     {[]string{api.RoleResponder}, "release token", with((*Server).releaseToken)},
+}
+
+// releaseToken signs a break-glass release token for a host with the
+// controller's key, bound to the host's name and last reported
+// machine-id, valid for a.TTL (default 1 h, at most releasetoken.MaxTTL),
+// and writes its issue to the audit trail.
+func (s *Server) releaseToken(ctx context.Context, op operator, a api.ReleaseTokenArgs) (any, error) {
+	if !wire.ValidHostName(a.Host) {
+		return nil, api.Errorf(api.CodeInvalid, "host name %q is not valid", a.Host)
+	}
+	if err := checkText("reason", a.Reason, wire.MaxReason, true); err != nil {
+		return nil, err
+	}
+	ttl := a.TTL
+	if ttl == 0 {
+		ttl = time.Hour
+	}
+	if ttl < time.Minute || ttl > releasetoken.MaxTTL {
+		return nil, api.Errorf(api.CodeInvalid, "--ttl %v: want 1m to %v", ttl, releasetoken.MaxTTL)
+	}
+	now := time.Now().UTC()
+	tok := releasetoken.Token{ID: releasetoken.NewID(), Host: a.Host, IssuedAt: now, NotAfter: now.Add(ttl),
+		IssuedBy: op.name + " (" + op.fp + ")", Reason: a.Reason}
+	var file []byte
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		h, err := tx.Host(a.Host)
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return api.Errorf(api.CodeNotFound, "unknown host %q ('cordon hosts' lists them)", a.Host)
+			}
+			return err
+		}
+		tok.MachineID = h.MachineID
+		if file, err = releasetoken.Sign(tok, s.cfg.HostKey); err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: now, Actor: op.name, ActorKey: op.fp, Action: "release-token", Host: a.Host,
+			Detail: fmt.Sprintf("token %s for a local release, valid until %s; reason: %s", tok.ID, tok.NotAfter.Format(time.RFC3339), a.Reason)})
+	})
+	if err != nil {
+		return nil, storeErr(err, "")
+	}
+	return api.ReleaseToken{ID: tok.ID, Host: tok.Host, MachineID: tok.MachineID, NotAfter: tok.NotAfter, File: string(file)}, nil
 }
 
 func (s *Server) orders(ctx context.Context, _ operator, a api.OrdersArgs) (any, error) {
