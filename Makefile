@@ -35,6 +35,7 @@ demo: deps build
 bench: deps build
 	$(GO) run ./bench/contain --bin $(BIN)
 	$(GO) run ./bench/snapshot
+	$(GO) run ./bench/firewall
 
 # The snapshot alone: 10,000 processes and 20,000 connections in a namespace.
 bench-snapshot: deps
