@@ -195,9 +195,20 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	}
 	a.setApplied(&pol, true)
 	a.setInForceOrder(o.ID, applied.Digest)
+
+	// 4. Try it from the host: the controller answers, a forbidden
+	// connection does not get through. A leak fails the order loudly; the
+	// rules stay (fail closed).
+	selfTest, err := a.selfTest(ctx, pol)
+	if err != nil {
+		l.Error("isolation self-test failed: the rules are in place but traffic they forbid gets through", "err", err, "self_test", selfTest)
+		a.fail(ctx, l, o, snapNS, fmt.Errorf("%w; the rules are left in place", err), evidenceErr)
+		return
+	}
 	a.report(wire.Report{OrderID: o.ID, Stage: wire.StageIsolated, Digest: applied.Digest, Error: evidenceErr,
-		SnapshotNS: snapNS, ApplyNS: applyNS, VerifyNS: verifyNS, FlowsCut: applied.FlowsCut})
-	l.Info("host isolated and verified", "digest", applied.Digest, "rules", len(applied.Rules), "flows_cut", applied.FlowsCut,
+		SnapshotNS: snapNS, ApplyNS: applyNS, VerifyNS: verifyNS, FlowsCut: applied.FlowsCut,
+		SelfTest: wire.CleanText(selfTest, wire.MaxError)})
+	l.Info("host isolated and verified", "digest", applied.Digest, "rules", len(applied.Rules), "flows_cut", applied.FlowsCut, "self_test", selfTest,
 		"apply", time.Duration(applyNS).Round(time.Microsecond), "verify", time.Duration(verifyNS).Round(time.Microsecond),
 		"since_received", time.Since(t0).Round(time.Microsecond))
 }

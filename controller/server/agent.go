@@ -640,6 +640,9 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 			// Error on a done isolation says the evidence is missing.
 			o.State, o.Digest, o.Error = store.OrderDone, r.Digest, r.Error
 			audit.Action, audit.Detail = "isolated", "isolation verified, rules digest "+r.Digest
+			if r.SelfTest != "" {
+				audit.Detail += "; self-test: " + r.SelfTest
+			}
 			if r.Error != "" {
 				audit.Detail += "; " + r.Error
 			}

@@ -96,6 +96,11 @@ func TestIsolateEndToEnd(t *testing.T) {
 	if !h.Online || h.State != "isolated" || h.Digest != ord.Digest {
 		t.Errorf("host after isolation: %+v", h)
 	}
+	// The agent tried its isolation from the host and said so.
+	if audit := w.mustCordon("audit", "--host", hostName); !strings.Contains(audit, "self-test: controller answered in") ||
+		!strings.Contains(audit, ":9: dropped by the host's rules") {
+		t.Errorf("audit has no passing self-test:\n%s", audit)
+	}
 
 	// Evidence: listed, downloaded, verified by cordon and by stock OpenSSH.
 	var snaps []api.Snapshot

@@ -196,3 +196,19 @@ func TestPluginMissing(t *testing.T) {
 		t.Errorf("rules changed:\n%s\n---\n%s", before, after)
 	}
 }
+
+// TestSelfTestCatchesLeak: a plugin that says it isolated the host but
+// changed nothing passes its own read-back; the agent's self-test from the
+// host finds a forbidden connection answered and fails the order.
+func TestSelfTestCatchesLeak(t *testing.T) {
+	w := newWorld(t)
+	w.startAgent(stage.AgentOptions{Token: w.Token, Plugin: "leaky"})
+	w.waitOnline()
+	out, errOut, code := w.Cordon("isolate", "host", hostName, "--reason", "leak test", "--wait")
+	if code != 3 || !strings.Contains(out+errOut, "isolation self-test failed") {
+		t.Fatalf("isolate with a leaking plugin: exit %d, want 3 and the self-test failure\n%s\n%s", code, out, errOut)
+	}
+	if audit := w.mustCordon("audit", "--host", hostName); !strings.Contains(audit, "left the host") {
+		t.Errorf("audit does not say what leaked:\n%s", audit)
+	}
+}

@@ -40,6 +40,7 @@ var Binaries = map[string]string{
 	"cordon-agent":           "./agent/cmd/cordon-agent",
 	"cordon-plugin-iptables": "./plugins/iptables",
 	"cordon-plugin-nftables": "./plugins/nftables",
+	"cordon-plugin-leaky":    "./internal/e2e/leakyplugin", // says it isolated, changes nothing
 	"netprobe":               "./internal/netprobe",
 }
 

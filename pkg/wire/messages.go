@@ -148,6 +148,11 @@ type Report struct {
 	ApplyNS    int64  `json:"apply_ns,omitempty"`
 	VerifyNS   int64  `json:"verify_ns,omitempty"`
 	FlowsCut   uint64 `json:"flows_cut,omitempty"`
+	// SelfTest says what the agent found when it tried the isolation from
+	// the host once the rules were verified (isolated): whether the
+	// controller answered, and that a connection the policy forbids did
+	// not get through.
+	SelfTest string `json:"self_test,omitempty"`
 	// Drift says what the agent found wrong with the rules (repaired).
 	Drift string `json:"drift,omitempty"`
 	// DriftNS bounds how long the rules were wrong (repaired): from the
@@ -185,6 +190,9 @@ func (r *Report) Validate() error {
 	}
 	if r.At.IsZero() {
 		return errors.New("at is required")
+	}
+	if err := checkText("self_test", r.SelfTest, MaxError, false); err != nil {
+		return err
 	}
 	if err := checkText("drift", r.Drift, MaxError, false); err != nil {
 		return err
