@@ -8,7 +8,7 @@
 // allowlist 198.18.0.4/30 the table is, as an nft(8) script (each rule
 // also carries "ROLE: TEXT" as its comment, such as "controller: ip saddr
 // 198.18.0.1 tcp sport 7443 ct state established accept"; roles are
-// loopback, controller, pmtu, allow, dns, dhcp and nd):
+// loopback, controller, pmtu, allow, dns, dhcp, nd and reset):
 //
 //	add table inet cordon
 //	add chain inet cordon input { type filter hook input priority -99; policy drop; }
@@ -25,10 +25,14 @@
 //	add rule inet cordon output ip daddr 198.18.0.1 tcp dport 7443 ct state established,new accept
 //	add rule inet cordon output ip daddr 198.18.0.4/30 accept
 //	…  (the four neighbour discovery rules)
+//	add rule inet cordon output tcp flags & (syn | rst) == 0x0 reject with tcp reset
 //	add rule inet cordon forward ip saddr 198.18.0.4/30 accept
 //	add rule inet cordon forward ip daddr 198.18.0.4/30 accept
 //
-// IPv6 endpoints and CIDRs get the same rules with ip6. A policy that
+// The reset rule tells a local program whose connection isolation cut
+// that it is over (ECONNRESET on its next write; see resetRule); remote
+// peers get nothing. IPv6 endpoints and CIDRs get the same rules with
+// ip6. A policy that
 // names DNS resolvers adds, for each, "ip saddr R udp sport 53 ct state
 // established accept" (and tcp) in input and "ip daddr R udp dport 53 ct
 // state established,new accept" (and tcp) in output; one that keeps DHCP

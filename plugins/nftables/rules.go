@@ -85,9 +85,10 @@ const (
 	roleND         = "nd"
 	roleDNS        = "dns"
 	roleDHCP       = "dhcp"
+	roleReset      = "reset"
 )
 
-var roles = []string{roleLoopback, roleController, rolePMTU, roleAllow, roleND, roleDNS, roleDHCP}
+var roles = []string{roleLoopback, roleController, rolePMTU, roleAllow, roleND, roleDNS, roleDHCP, roleReset}
 
 // plan is the complete content of Cordon's table for one policy.
 type plan struct {
@@ -107,8 +108,8 @@ type plan struct {
 // requires of them). output: accept oifname lo; accept to each controller
 // endpoint new and established; to each allowlist CIDR; to each DNS
 // resolver's port 53 (UDP and TCP, new and established); DHCP requests
-// (68 to 67, 546 to 547); neighbour discovery. forward: accept from and to
-// each allowlist CIDR. Every chain's policy is drop.
+// (68 to 67, 546 to 547); neighbour discovery; resetRule. forward: accept
+// from and to each allowlist CIDR. Each chain's policy drops the rest.
 func newPlan(eff policy.Policy) plan {
 	var pl plan
 	add := func(chain, role, text string, exprs ...[]expr.Any) {
@@ -185,7 +186,43 @@ func newPlan(eff policy.Policy) plan {
 		add("forward", roleAllow, fmt.Sprintf("%s saddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(true, a))
 		add("forward", roleAllow, fmt.Sprintf("%s daddr %s", ipWord(a.Addr()), prefixText(a)), addrMatch(false, a))
 	}
+	// output ends with the reset rule; the plan lists chains in
+	// chainSpecs order.
+	var ordered []ruleSpec
+	for _, c := range chainSpecs {
+		for _, r := range pl.rules {
+			if r.chain == c.name {
+				ordered = append(ordered, r)
+			}
+		}
+		if c.name == "output" {
+			ordered = append(ordered, resetRule(c.name))
+		}
+	}
+	pl.rules = ordered
 	return pl
+}
+
+// resetRule, last in output, answers a segment that a local process sends
+// on a TCP connection the policy does not allow (neither SYN nor RST set:
+// the middle of a stream) with a TCP reset to that process (nft(8) "reject
+// with tcp reset"; the reset is delivered over loopback, which the rules
+// allow): a program whose connection isolation cut gets ECONNRESET at
+// once instead of retrying for minutes. Remote peers get no reset: a reset
+// sent to them would be a packet out of an isolated host, and accepting
+// resets on output would be a channel out (their headers carry 96 bits of
+// choice); their segments are dropped and they time out. New connections
+// (SYN) are dropped silently by the chains' policy, so the host does not
+// answer scans.
+func resetRule(chain string) ruleSpec {
+	return ruleSpec{chain: chain, role: roleReset, text: "tcp flags & (syn | rst) == 0x0 reject with tcp reset", exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 1, Mask: []byte{0x02 | 0x04}, Xor: []byte{0}},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{0}},
+		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+	}}
 }
 
 // ipWord is nft's name of an address's protocol: "ip" or "ip6".
