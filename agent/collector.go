@@ -15,6 +15,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/cordon-ir/cordon/pkg/evidence"
+	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/snapshot"
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
@@ -44,6 +45,8 @@ type CollectRequest struct {
 	ClockOffsetError string `json:"clock_offset_error,omitempty"`
 	// Sandbox goes into the manifest (snapshot.Request.Sandbox).
 	Sandbox string `json:"sandbox"`
+	// Policy goes into the manifest (snapshot.Request.Policy).
+	Policy *policy.Policy `json:"policy,omitempty"`
 }
 
 // collectResponse precedes Size bytes of bundle on the collector's stdout.
@@ -211,7 +214,7 @@ func RunCollector(in io.Reader, out io.Writer, signer ssh.Signer) error {
 		ctx, cancel := context.WithTimeout(context.Background(), budget)
 		b, err := snapshot.Take(ctx, snapshot.Request{
 			SnapshotID: req.SnapshotID, OrderID: req.OrderID, Incident: req.Incident, Reason: req.Reason,
-			HostName: req.HostName, AgentVersion: req.AgentVersion, Signer: signer, Sandbox: req.Sandbox,
+			HostName: req.HostName, AgentVersion: req.AgentVersion, Signer: signer, Sandbox: req.Sandbox, Policy: req.Policy,
 			ClockProbe: func(context.Context) (time.Duration, error) {
 				if req.ClockOffsetNS == nil {
 					return 0, errors.New(req.ClockOffsetError)

@@ -124,7 +124,7 @@ func (a *Agent) execute(ctx context.Context, o wire.Order) {
 	case wire.KindRelease:
 		a.release(ctx, l, o)
 	case wire.KindSnapshot:
-		if snapNS, err := a.capture(ctx, l, o); err != nil && !errors.Is(err, errDegraded) {
+		if snapNS, err := a.capture(ctx, l, o, nil); err != nil && !errors.Is(err, errDegraded) {
 			a.fail(ctx, l, o, snapNS, err, "")
 		}
 	}
@@ -145,7 +145,21 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	// 1. Evidence, in memory. Containment comes first: isolate even
 	// without evidence.
 	t0 := time.Now()
-	snapNS, err := a.capture(ctx, l, o)
+	// The policy comes first, so that the evidence records what is
+	// applied next: the controller endpoints from the order, plus the
+	// address this agent is connected to, IPs only, nothing resolved.
+	pol := *o.Policy
+	pol.Allow = append(pol.Allow, a.cfg.Allow...)
+	if _, remote, _ := a.current(); remote.IsValid() {
+		pol.Controllers = append(pol.Controllers, policy.Endpoint{Addr: remote.Addr(), Port: remote.Port()})
+	}
+	pol = pol.Canonical()
+	polErr := pol.Validate()
+	var recorded *policy.Policy
+	if polErr == nil {
+		recorded = &pol
+	}
+	snapNS, err := a.capture(ctx, l, o, recorded)
 	evidenceErr := ""
 	if err != nil {
 		evidenceErr = err.Error()
@@ -154,16 +168,9 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 		}
 	}
 
-	// 2. Isolate. The controller endpoints come from the order, plus the
-	// address this agent is connected to: IPs only, nothing resolved.
-	pol := *o.Policy
-	pol.Allow = append(pol.Allow, a.cfg.Allow...)
-	if _, remote, _ := a.current(); remote.IsValid() {
-		pol.Controllers = append(pol.Controllers, policy.Endpoint{Addr: remote.Addr(), Port: remote.Port()})
-	}
-	pol = pol.Canonical()
-	if err := pol.Validate(); err != nil {
-		a.fail(ctx, l, o, snapNS, fmt.Errorf("policy: %w", err), evidenceErr)
+	// 2. Isolate.
+	if polErr != nil {
+		a.fail(ctx, l, o, snapNS, fmt.Errorf("policy: %w", polErr), evidenceErr)
 		return
 	}
 	prior, priorKnown := a.applied()
@@ -215,7 +222,7 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 
 // capture takes a snapshot for an order, queues the bundle for upload and
 // reports it. It returns how long the snapshot took.
-func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int64, error) {
+func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order, pol *policy.Policy) (int64, error) {
 	t0 := time.Now()
 	snapID := newID("snp")
 	// The snapshot has a time budget: a /proc read stuck on a hung file
@@ -223,7 +230,7 @@ func (a *Agent) capture(ctx context.Context, l *slog.Logger, o wire.Order) (int6
 	sctx, cancel := context.WithTimeout(ctx, snapshotBudget)
 	bundle, err := a.takeSnapshot(sctx, l, snapshot.Request{
 		SnapshotID: snapID, OrderID: o.ID, Incident: o.Incident, Reason: o.Reason,
-		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe,
+		HostName: a.cfg.Name, AgentVersion: Version, Signer: a.cfg.Signer, ClockProbe: a.clockProbe, Policy: pol,
 	})
 	cancel()
 	snapNS := time.Since(t0).Nanoseconds()
@@ -265,7 +272,7 @@ func (a *Agent) takeSnapshot(ctx context.Context, l *slog.Logger, req snapshot.R
 		return snapshot.Take(ctx, req)
 	}
 	cr := CollectRequest{SnapshotID: req.SnapshotID, OrderID: req.OrderID, Incident: req.Incident, Reason: req.Reason,
-		HostName: req.HostName, AgentVersion: req.AgentVersion,
+		HostName: req.HostName, AgentVersion: req.AgentVersion, Policy: req.Policy,
 		Sandbox: a.cfg.Sandbox + "; evidence collected by the agent's collector process, started before the sandbox to keep read access to other processes' /proc/PID/fd, exe and ns; it has no network and writes nothing"}
 	if dl, ok := ctx.Deadline(); ok {
 		// Leave the collector time to sign and send what it has before the

@@ -121,10 +121,20 @@ func TestIsolateEndToEnd(t *testing.T) {
 	files := untar(t, bundle)
 	var man struct {
 		Sandbox string `json:"sandbox"`
+		Policy  struct {
+			Controllers []struct {
+				Addr string `json:"addr"`
+				Port int    `json:"port"`
+			} `json:"controllers"`
+		} `json:"policy"`
 	}
 	json.Unmarshal(files["manifest.json"], &man)
 	if !strings.HasPrefix(man.Sandbox, "landlock ABI") || !strings.Contains(man.Sandbox, "collector process") {
 		t.Errorf("manifest does not say the agent was held by Landlock and who collected: %q", man.Sandbox)
+	}
+	// The evidence records the policy applied right after it was taken.
+	if len(man.Policy.Controllers) == 0 || man.Policy.Controllers[0].Port == 0 {
+		t.Errorf("manifest does not record the isolation policy: %+v", man.Policy)
 	}
 	checkSSHKeygenVerify(t, files, w.AgentKey+".pub")
 

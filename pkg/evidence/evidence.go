@@ -36,6 +36,8 @@ import (
 	"time"
 
 	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/pkg/policy"
 )
 
 // FormatVersion is the bundle format this package writes and reads, carried
@@ -97,6 +99,11 @@ type Manifest struct {
 	// while it took the snapshot (Landlock, or none), and which process
 	// collected the evidence.
 	Sandbox string `json:"sandbox,omitempty"`
+	// Policy is the isolation policy of the order, as the agent applies it
+	// right after the snapshot (controller endpoints, allowlist, DNS
+	// resolvers, DHCP; policy.Policy, canonical); absent on a triage
+	// snapshot, which isolates nothing.
+	Policy *policy.Policy `json:"policy,omitempty"`
 	// Artifacts lists every file in the bundle except manifest.json and
 	// manifest.json.sig, in the order they appear in the tar.
 	Artifacts []Artifact `json:"artifacts"`

@@ -126,6 +126,7 @@ import (
 	"time"
 
 	"github.com/cordon-ir/cordon/pkg/evidence"
+	"github.com/cordon-ir/cordon/pkg/policy"
 	"golang.org/x/crypto/ssh"
 )
 
@@ -187,6 +188,9 @@ type Request struct {
 	// Sandbox goes into the manifest as it is: how the agent was kept from
 	// writing to disk, and which process collected.
 	Sandbox string
+	// Policy, for a snapshot before an isolation, is the policy the agent
+	// applies next; it goes into the manifest as it is.
+	Policy *policy.Policy
 }
 
 // Artifact names, as they appear in the manifest (artifacts/<name>.jsonl),
@@ -369,6 +373,7 @@ func Take(ctx context.Context, req Request) (*evidence.Bundle, error) {
 		AgentVersion: req.AgentVersion,
 		StartedAt:    started,
 		Sandbox:      req.Sandbox,
+		Policy:       req.Policy,
 	})
 	// The collectors stop at cctx, early enough to wrap up by ctx's
 	// deadline.

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/user"
@@ -32,6 +33,7 @@ import (
 
 	"github.com/cordon-ir/cordon/internal/netlab/labtest"
 	"github.com/cordon-ir/cordon/pkg/evidence"
+	"github.com/cordon-ir/cordon/pkg/policy"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/sys/unix"
 )
@@ -508,10 +510,12 @@ func TestTake(t *testing.T) {
 	cmd := exec.Command(link, "sockets", "arg with spaces", "")
 	h := startSockets(t, cmd)
 	signer := newSigner(t)
+	pol := policy.Policy{Controllers: []policy.Endpoint{{Addr: netip.MustParseAddr("198.18.0.1"), Port: 7443}},
+		DNS: []netip.Addr{netip.MustParseAddr("198.18.0.53")}, DHCP: true}
 	before := time.Now()
 	bundle, err := Take(context.Background(), Request{
 		SnapshotID: "snap-take", OrderID: "ord-take", Incident: "IR-1", Reason: "test",
-		HostName: "test-host", AgentVersion: "test", Signer: signer,
+		HostName: "test-host", AgentVersion: "test", Signer: signer, Policy: &pol,
 		ClockProbe: func(ctx context.Context) (time.Duration, error) { return 1234 * time.Nanosecond, nil },
 	})
 	took := time.Since(before)
@@ -522,6 +526,10 @@ func TestTake(t *testing.T) {
 	rep, files := bundleFiles(t, bundle, signer)
 	m := rep.Manifest
 
+	// The signed manifest records the policy applied next.
+	if m.Policy == nil || m.Policy.Digest() != pol.Digest() {
+		t.Errorf("manifest policy = %+v, want %+v", m.Policy, pol)
+	}
 	id := HostIdentity()
 	if m.SnapshotID != "snap-take" || m.Host.Name != "test-host" || m.Host.Hostname != id.Hostname ||
 		m.Host.BootID != id.BootID || m.Host.MachineID != id.MachineID {
