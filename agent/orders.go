@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
 	"strings"
 	"time"
 
@@ -153,6 +156,7 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	if _, remote, _ := a.current(); remote.IsValid() {
 		pol.Controllers = append(pol.Controllers, policy.Endpoint{Addr: remote.Addr(), Port: remote.Port()})
 	}
+	pol.Controllers = append(pol.Controllers, a.controllerAddrs(ctx, l)...)
 	pol = pol.Canonical()
 	polErr := pol.Validate()
 	var recorded *policy.Policy
@@ -483,3 +487,47 @@ func newID(prefix string) string {
 
 // hostIdentity is the host's identity for the hello.
 func hostIdentity() snapshot.Identity { return snapshot.HostIdentity() }
+
+// controllerLookupTimeout bounds the lookup of the controller's name
+// before an isolation.
+const controllerLookupTimeout = 2 * time.Second
+
+// controllerAddrs pins the controller's endpoints for an isolation when the
+// agent is configured with a name: before the host is isolated, every
+// A and AAAA address the name has, so that the agent can reach whichever
+// it dials later without a lookup (nothing is resolved on an isolated
+// host); while it is isolated already, the controller endpoints of the
+// policy in force. An address (not a name) adds nothing: the connected
+// endpoint is in the policy anyway. A lookup that fails is logged, and the
+// isolation goes on with the endpoints known.
+func (a *Agent) controllerAddrs(ctx context.Context, l *slog.Logger) []policy.Endpoint {
+	host, portText, err := net.SplitHostPort(a.cfg.Controller)
+	if err != nil {
+		return nil
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return nil
+	}
+	port, err := strconv.ParseUint(portText, 10, 16)
+	if err != nil || port == 0 {
+		return nil
+	}
+	if inForce, _ := a.applied(); inForce != nil {
+		return inForce.Controllers
+	}
+	lctx, cancel := context.WithTimeout(ctx, controllerLookupTimeout)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupNetIP(lctx, "ip", host)
+	if err != nil {
+		l.Warn("cannot resolve the controller's name before isolating; pinning only the endpoint connected to", "controller", a.cfg.Controller, "err", err)
+		return nil
+	}
+	var out []policy.Endpoint
+	for _, ad := range addrs {
+		if ad.IsValid() && !ad.IsUnspecified() && ad.Zone() == "" {
+			out = append(out, policy.Endpoint{Addr: ad.Unmap(), Port: uint16(port)})
+		}
+	}
+	l.Info("controller endpoints pinned for the isolation", "controller", a.cfg.Controller, "addresses", len(out))
+	return out
+}

@@ -265,12 +265,16 @@ func TestControllerByNameWhileIsolated(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(etc) })
 	hosts := filepath.Join(etc, "hosts")
-	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"+stage.CtlV4+" ctl.cordon.test\n"), 0o644)
+	os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"+stage.CtlV4+" ctl.cordon.test\n"+stage.CtlV6+" ctl.cordon.test\n"), 0o644)
 	os.WriteFile(filepath.Join(etc, "resolv.conf"), []byte("nameserver 198.18.0.53\n"), 0o644)
 
 	w.startAgent(stage.AgentOptions{Token: w.Token, Controller: "ctl.cordon.test:7443"})
 	w.waitOnline()
 	w.mustCordon("isolate", "host", hostName, "--reason", "by name", "--wait")
+	// Every address of the name is pinned, not only the one connected to.
+	if r := w.rules(w.Host); !strings.Contains(r, "-d "+stage.CtlV4+"/32 -p tcp") || !strings.Contains(r, "-d "+stage.CtlV6+"/128 -p tcp") {
+		t.Errorf("the controller's addresses are not all pinned:\n%s", r)
+	}
 	// The name no longer resolves (same file, so the bind mount sees it);
 	// Go's resolver reads /etc/hosts again after 5 s.
 	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
