@@ -50,9 +50,12 @@ type Policy struct {
 	// DHCP keeps the host's DHCP client working, so that it keeps its
 	// address (and with it the connection to the controller) when its
 	// lease must be renewed: DHCPv4 from client port 68 to server port 67
-	// and back (RFC 2131), DHCPv6 546 to 547 and back (RFC 8415), any
-	// address. A client that talks through packet sockets (dhclient's
-	// first DISCOVER) is not filtered by netfilter at all.
+	// at any address and only replies back (RFC 2131); DHCPv6 546 to 547
+	// at ff02::1:2 or a link-local address, and back from link-local
+	// servers (RFC 8415). A client talks through packet sockets, which
+	// netfilter does not see, until it has an address. A process with root
+	// on the host can send UDP from port 68 to port 67 of any address:
+	// keep DHCP only where losing the address is the worse risk.
 	DHCP bool `json:"dhcp,omitempty"`
 }
 

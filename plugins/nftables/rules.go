@@ -102,14 +102,15 @@ type plan struct {
 // that is replies of connections the host opened; accept the ICMP errors
 // path-MTU discovery needs, related to a tracked connection; accept from
 // each allowlist CIDR; accept replies from each DNS resolver (UDP and TCP
-// from port 53, established); accept DHCP replies (udp 67 to 68, and
-// DHCPv6 547 to 546) when the policy keeps DHCP; accept IPv6 neighbour
-// discovery (ICMPv6 types 133 to 136 with hop limit 255, as RFC 4861
-// requires of them). output: accept oifname lo; accept to each controller
-// endpoint new and established; to each allowlist CIDR; to each DNS
-// resolver's port 53 (UDP and TCP, new and established); DHCP requests
-// (68 to 67, 546 to 547); neighbour discovery; resetRule. forward: accept
-// from and to each allowlist CIDR. Each chain's policy drops the rest.
+// from port 53, established); when the policy keeps DHCP, accept DHCP
+// replies (udp 67 to 68, established; DHCPv6 547 to 546 from link-local
+// servers); accept IPv6 neighbour discovery (ICMPv6 types 133 to 136 with
+// hop limit 255, as RFC 4861 requires of them). output: accept oifname lo;
+// accept to each controller endpoint new and established; to each
+// allowlist CIDR; to each DNS resolver's port 53 (UDP and TCP, new and
+// established); DHCP requests (68 to 67; 546 to 547 at ff02::1:2 or
+// link-local); neighbour discovery; resetRule. forward: accept from and to
+// each allowlist CIDR. Each chain's policy drops the rest.
 func newPlan(eff policy.Policy) plan {
 	var pl plan
 	add := func(chain, role, text string, exprs ...[]expr.Any) {
@@ -121,14 +122,34 @@ func newPlan(eff policy.Policy) plan {
 		pl.rules = append(pl.rules, ruleSpec{chain: chain, role: role, text: text + " accept", exprs: all})
 	}
 	host := func(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, a.BitLen()) }
-	dhcp := func(chain string, v4sport, v4dport, v6sport, v6dport uint16) {
+	// DHCP as clients filtered by netfilter use it: a client talks
+	// through packet sockets (no netfilter) until it has an address, then
+	// renews over UDP. DHCPv4: requests from port 68 to a server's 67 at
+	// any address (a renewal goes to the server's own, which the policy
+	// does not know), and only replies back (conntrack established).
+	// DHCPv6: to the All_DHCP_Relay_Agents_and_Servers group ff02::1:2 or
+	// a link-local server, and from link-local servers (RFC 8415).
+	lla := netip.MustParsePrefix("fe80::/10")
+	dhcpServers := netip.MustParseAddr("ff02::1:2")
+	dhcpIn := func() {
 		if !eff.DHCP {
 			return
 		}
-		add(chain, roleDHCP, fmt.Sprintf("meta nfproto ipv4 udp sport %d udp dport %d", v4sport, v4dport),
-			nfproto(false), portsMatch(unix.IPPROTO_UDP, v4sport, v4dport))
-		add(chain, roleDHCP, fmt.Sprintf("meta nfproto ipv6 udp sport %d udp dport %d", v6sport, v6dport),
-			nfproto(true), portsMatch(unix.IPPROTO_UDP, v6sport, v6dport))
+		add("input", roleDHCP, "meta nfproto ipv4 udp sport 67 udp dport 68 ct state established",
+			nfproto(false), portsMatch(unix.IPPROTO_UDP, 67, 68), ctState(expr.CtStateBitESTABLISHED))
+		add("input", roleDHCP, "ip6 saddr fe80::/10 udp sport 547 udp dport 546",
+			addrMatch(true, lla), portsMatch(unix.IPPROTO_UDP, 547, 546))
+	}
+	dhcpOut := func() {
+		if !eff.DHCP {
+			return
+		}
+		add("output", roleDHCP, "meta nfproto ipv4 udp sport 68 udp dport 67",
+			nfproto(false), portsMatch(unix.IPPROTO_UDP, 68, 67))
+		add("output", roleDHCP, "ip6 daddr ff02::1:2 udp sport 546 udp dport 547",
+			addrMatch(false, host(dhcpServers)), portsMatch(unix.IPPROTO_UDP, 546, 547))
+		add("output", roleDHCP, "ip6 daddr fe80::/10 udp sport 546 udp dport 547",
+			addrMatch(false, lla), portsMatch(unix.IPPROTO_UDP, 546, 547))
 	}
 	ndRules := func(chain string) {
 		for _, nd := range ndTypes {
@@ -158,7 +179,7 @@ func newPlan(eff policy.Policy) plan {
 				addrMatch(true, host(r)), portMatch(proto.num, true, 53), ctState(expr.CtStateBitESTABLISHED))
 		}
 	}
-	dhcp("input", 67, 68, 547, 546)
+	dhcpIn()
 	ndRules("input")
 	// output
 	add("output", roleLoopback, "oifname lo", ifname(expr.MetaKeyOIFNAME, "lo"))
@@ -179,7 +200,7 @@ func newPlan(eff policy.Policy) plan {
 				addrMatch(false, host(r)), portMatch(proto.num, false, 53), ctState(expr.CtStateBitESTABLISHED|expr.CtStateBitNEW))
 		}
 	}
-	dhcp("output", 68, 67, 546, 547)
+	dhcpOut()
 	ndRules("output")
 	// forward
 	for _, a := range eff.Allow {
