@@ -27,43 +27,81 @@ func (a *Agent) watchDrift(ctx context.Context) {
 	}
 	t := time.NewTicker(a.cfg.DriftInterval)
 	defer t.Stop()
-	var lastGood time.Time
+	var lastGood, lastSent time.Time
+	var pending *wire.Report
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		pol, known := a.applied()
-		if pol == nil || !known {
-			lastGood = time.Time{}
-			continue
+		// One report at once, then at most one per driftReportEvery for
+		// a host whose rules something keeps removing: each counts the
+		// repairs it stands for.
+		if pending != nil && time.Since(lastSent) >= driftReportEvery {
+			a.report(*pending)
+			pending, lastSent = nil, time.Now()
 		}
 		if !a.execMu.TryLock() {
 			// An order owns the firewall; it reads the rules back itself.
 			lastGood = time.Time{}
 			continue
 		}
-		lastGood = a.checkDrift(ctx, *pol, lastGood)
+		// Read under the lock: a release that has just finished must not
+		// be undone with the policy it removed.
+		if pol, known := a.applied(); pol != nil && known {
+			var r *wire.Report
+			lastGood, r = a.checkDrift(ctx, *pol, lastGood)
+			pending = mergeRepair(pending, r)
+		} else {
+			lastGood = time.Time{}
+		}
 		a.execMu.Unlock()
+		if pending != nil && time.Since(lastSent) >= driftReportEvery {
+			a.report(*pending)
+			pending, lastSent = nil, time.Now()
+		}
 	}
+}
+
+// driftReportEvery is the least time between two repair reports of one
+// agent; repairs in between go into the next report, counted.
+const driftReportEvery = 3 * time.Second
+
+// mergeRepair adds the repair r (nil if none) to the report pending (nil
+// if none) and returns the report to send: the first drift found, the
+// latest outcome, the longest time the rules were wrong, and the count.
+func mergeRepair(pending, r *wire.Report) *wire.Report {
+	switch {
+	case r == nil:
+		return pending
+	case pending == nil:
+		r.Repairs = max(1, r.Repairs)
+		return r
+	}
+	m := *r
+	m.Repairs = max(1, pending.Repairs) + max(1, r.Repairs)
+	m.Drift = pending.Drift
+	m.DriftNS = max(pending.DriftNS, r.DriftNS)
+	return &m
 }
 
 // checkDrift reads the rules back once and repairs them if they drifted.
 // lastGood is when they were last found intact (zero if unknown); it
-// returns the new value.
-func (a *Agent) checkDrift(ctx context.Context, pol policy.Policy, lastGood time.Time) time.Time {
+// returns the new value and the repair's report, nil when nothing was
+// wrong.
+func (a *Agent) checkDrift(ctx context.Context, pol policy.Policy, lastGood time.Time) (time.Time, *wire.Report) {
 	checked := time.Now()
 	orderID, digest := a.inForceOrder()
 	st, err := a.fw.status(ctx, a.cfg.PluginTimeout)
 	if err != nil {
 		a.log.Warn("drift check: cannot read the rules back", "err", err)
-		return time.Time{}
+		return time.Time{}, nil
 	}
 	var drift string
 	switch {
 	case st.Isolated && (digest == "" || st.Digest == digest):
-		return checked
+		return checked, nil
 	case st.Isolated:
 		drift = fmt.Sprintf("the rules in place (digest %s) are not those applied (%s)", st.Digest, digest)
 	case st.Partial != "":
@@ -82,16 +120,14 @@ func (a *Agent) checkDrift(ctx context.Context, pol policy.Policy, lastGood time
 	if err != nil {
 		r.Error = err.Error()
 		l.Error("drift: Cordon's rules were changed and putting them back failed; retrying", "drift", drift, "err", err)
-		a.report(r)
-		return time.Time{}
+		return time.Time{}, &r
 	}
 	r.Digest = applied.Digest
 	a.setInForceOrder(orderID, applied.Digest)
 	l.Warn("drift repaired: Cordon's rules were changed behind the agent's back and are back in place", "drift", drift,
 		"repair", time.Duration(r.ApplyNS).Round(time.Microsecond), "wrong_for_at_most", time.Duration(r.DriftNS).Round(time.Microsecond),
 		"digest", applied.Digest)
-	a.report(r)
-	return time.Now()
+	return time.Now(), &r
 }
 
 // inForceOrder returns the isolate order whose policy is in force ("" when

@@ -183,6 +183,15 @@ func (a *Agent) isolate(ctx context.Context, l *slog.Logger, o wire.Order) {
 	applyNS := time.Since(t1).Nanoseconds()
 	if err != nil {
 		err = a.recover(ctx, l, o.ID, err, prior, priorKnown)
+		if errors.Is(err, firewall.ErrRulesChanged) {
+			// The rules are in place, and something keeps changing
+			// them: drift repair keeps putting them back (after fail,
+			// which reads the state back as not isolated).
+			a.fail(ctx, l, o, snapNS, fmt.Errorf("%w; drift repair keeps putting them back", err), evidenceErr)
+			a.setApplied(&pol, true)
+			a.setInForceOrder(o.ID, "")
+			return
+		}
 		a.fail(ctx, l, o, snapNS, err, evidenceErr)
 		return
 	}

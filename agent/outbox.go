@@ -45,9 +45,19 @@ func newOutbox(a *Agent) *outbox {
 	return &outbox{a: a, wake: [2]chan struct{}{make(chan struct{}, 1), make(chan struct{}, 1)}}
 }
 
+// addReport queues r. A repair report that follows another one still
+// queued is merged into it (mergeRepair), so that a host whose rules
+// something keeps removing while the controller cannot be reached queues
+// one report, not one per repair.
 func (o *outbox) addReport(r wire.Report) {
 	o.mu.Lock()
-	o.reports = append(o.reports, r)
+	// Never into the first: it may be on its way.
+	if n := len(o.reports); n > 1 && r.Stage == wire.StageRepaired && o.reports[n-1].Stage == wire.StageRepaired &&
+		o.reports[n-1].OrderID == r.OrderID {
+		o.reports[n-1] = *mergeRepair(&o.reports[n-1], &r)
+	} else {
+		o.reports = append(o.reports, r)
+	}
 	o.mu.Unlock()
 	o.poke(laneReports)
 }

@@ -585,7 +585,11 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 		if h.LastRepair.Equal(r.At) {
 			return o, nil
 		}
+		n := max(1, r.Repairs)
 		detail := fmt.Sprintf("rules found changed (%s); ", r.Drift)
+		if n > 1 {
+			detail = fmt.Sprintf("rules found changed %d times since the last report (first: %s); ", n, r.Drift)
+		}
 		if r.Error != "" {
 			detail += "putting them back failed: " + r.Error
 			audit.Action = "drift-repair-failed"
@@ -597,7 +601,8 @@ func applyReport(tx store.Tx, host string, r *wire.Report, now time.Time) (store
 			}
 			detail += ", digest " + r.Digest
 			audit.Action = "drift-repaired"
-			h.Repairs++
+			h.Repairs += n
+			h.Digest = r.Digest
 			if h.State == store.StateIsolated {
 				h.StateReason = ""
 			}

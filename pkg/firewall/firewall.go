@@ -64,7 +64,8 @@ type Status struct {
 //
 // Isolate must be atomic as seen from the network: the new rules are built
 // complete and then linked in, and on any error nothing of the attempt stays
-// applied (rules of an earlier isolation stay as they were). Calling it again
+// applied (rules of an earlier isolation stay as they were), but for
+// ErrRulesChanged, where the new rules stay (fail closed). Calling it again
 // with the same policy is a no-op that returns the same digest; Isolate
 // also removes remnants of an earlier attempt that crashed. Release removes
 // the plugin's own rules and nothing else, succeeds when there is nothing to
@@ -87,4 +88,9 @@ var (
 	// ErrPluginCrashed: the plugin process died or stopped answering. Only the
 	// host side returns it.
 	ErrPluginCrashed = errors.New("firewall plugin crashed")
+	// ErrRulesChanged: Isolate applied the rules, and something else on the
+	// host changed them before they could be read back, again on every
+	// try. The rules written stay in place (fail closed); the caller
+	// should keep checking and putting them back (drift repair).
+	ErrRulesChanged = errors.New("rules changed by something else while they were applied")
 )

@@ -202,6 +202,8 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, ErrUnavailable):
 		code = codes.FailedPrecondition
+	case errors.Is(err, ErrRulesChanged):
+		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
 	case errors.Is(err, context.Canceled):
@@ -226,6 +228,8 @@ func fromStatus(err error) error {
 		return &PluginError{Kind: ErrUnavailable, Msg: msg}
 	case codes.Unavailable:
 		return &PluginError{Kind: ErrPluginCrashed, Msg: msg}
+	case codes.Aborted:
+		return &PluginError{Kind: ErrRulesChanged, Msg: msg}
 	case codes.DeadlineExceeded:
 		return &PluginError{Kind: context.DeadlineExceeded, Msg: msg}
 	case codes.Canceled:

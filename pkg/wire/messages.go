@@ -158,6 +158,10 @@ type Report struct {
 	// DriftNS bounds how long the rules were wrong (repaired): from the
 	// last check that found them intact to the repair, in nanoseconds.
 	DriftNS int64 `json:"drift_ns,omitempty"`
+	// Repairs is how many repairs a repaired report stands for (an agent
+	// whose rules something keeps removing sends one report per few
+	// seconds); 0 means 1.
+	Repairs int `json:"repairs,omitempty"`
 }
 
 // Validate checks r.
@@ -196,6 +200,9 @@ func (r *Report) Validate() error {
 	}
 	if err := checkText("drift", r.Drift, MaxError, false); err != nil {
 		return err
+	}
+	if r.Repairs < 0 || r.Repairs > 1_000_000 {
+		return fmt.Errorf("repairs %d out of range", r.Repairs)
 	}
 	if r.SnapshotNS < 0 || r.ApplyNS < 0 || r.VerifyNS < 0 || r.DriftNS < 0 {
 		return errors.New("negative duration")

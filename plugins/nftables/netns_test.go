@@ -201,7 +201,7 @@ func TestTamperedTable(t *testing.T) {
 		}
 		isolated := ruleset(t)
 		handle := func(role, text string) string {
-			out, err := exec.Command("nft", "-a", "list", "chain", "inet", "cordon", "input").CombinedOutput()
+			out, err := exec.Command("nft", "-a", "list", "table", "inet", "cordon").CombinedOutput()
 			if err != nil {
 				t.Fatalf("nft -a list: %v\n%s", err, out)
 			}
@@ -229,6 +229,14 @@ func TestTamperedTable(t *testing.T) {
 				nft(t, "delete chain inet cordon forward")
 			}, "chain forward missing"},
 			{"chain added", func() { nft(t, "add chain inet cordon extra") }, "chain extra is not Cordon's"},
+			// Dormant unhooks every chain: the rules stay and filter nothing.
+			{"table dormant", func() { nft(t, "add table inet cordon { flags dormant; }") }, "dormant"},
+			// An expression google/nftables cannot decode (rt) added to an
+			// allow rule would leave its decoded expressions unchanged.
+			{"undecodable expression", func() {
+				nft(t, "replace", "rule", "inet", "cordon", "output", "handle", handle("allow", "ip daddr 198.18.0.4/30 accept"),
+					"rt", "ip", "nexthop", "198.18.0.4/30", "accept", "comment", `"allow: ip daddr 198.18.0.4/30 accept"`)
+			}, "holds expressions this plugin cannot read (rt bitwise cmp immediate)"},
 		}
 		for _, tc := range cases {
 			tc.tamper()
@@ -289,6 +297,33 @@ func TestIsolateRollback(t *testing.T) {
 		}
 		if st, err := p.Status(bg); err != nil || !st.Isolated || st.Digest != a.Digest {
 			t.Errorf("Status = %+v, %v", st, err)
+		}
+	})
+}
+
+// TestRulesChangedMeanwhile: something on the host changes Cordon's table
+// between each commit and its read-back; Isolate tries again, then fails
+// with ErrRulesChanged and leaves its rules in place (fail closed), and
+// Status says what differs.
+func TestRulesChangedMeanwhile(t *testing.T) {
+	inNamespace(t, func(t *testing.T) {
+		p := newTestPlugin(t)
+		commits := 0
+		p.afterCommit = func() {
+			commits++
+			nft(t, "insert rule inet cordon input accept")
+		}
+		_, err := p.Isolate(bg, testPolicy(), "order-1")
+		if !errors.Is(err, firewall.ErrRulesChanged) || commits != maxAttempts {
+			t.Fatalf("Isolate = %v after %d commits; want ErrRulesChanged after %d", err, commits, maxAttempts)
+		}
+		st, err := p.Status(bg)
+		if err != nil || st.Isolated || !strings.Contains(st.Partial, "is not Cordon's") || st.Policy == nil {
+			t.Errorf("Status = %+v, %v; want the table in place, not isolated, the extra rule named", st, err)
+		}
+		p.afterCommit = nil
+		if _, err := p.Isolate(bg, testPolicy(), "order-2"); err != nil {
+			t.Errorf("Isolate once the host stops changing the rules: %v", err)
 		}
 	})
 }

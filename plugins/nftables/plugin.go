@@ -56,6 +56,10 @@ type Plugin struct {
 	// beforeCommit, when set, is called with the batch of an Isolate
 	// just before it is sent; tests use it to make the commit fail.
 	beforeCommit func(c *nftables.Conn)
+	// afterCommit, when set, is called after each commit of an Isolate,
+	// before the rules are read back; tests use it to change them
+	// meanwhile.
+	afterCommit func()
 }
 
 var _ firewall.Firewall = (*Plugin)(nil)
@@ -73,6 +77,10 @@ func New(o Options) *Plugin {
 	return p
 }
 
+// maxAttempts bounds how often Isolate applies the table again when what
+// reads back differs from what it wrote.
+const maxAttempts = 3
+
 // table is Cordon's table as google/nftables names it.
 var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 
@@ -80,11 +88,15 @@ var table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
 type liveRule struct {
 	ruleSpec
 	commented bool
+	// kinds are the kinds of all its expressions as the kernel lists
+	// them, those google/nftables cannot decode included (exprKinds).
+	kinds []string
 }
 
 // live is what is in place of Cordon's table.
 type live struct {
 	present bool
+	flags   uint32            // the table's flags (NFT_TABLE_F_DORMANT unhooks every chain)
 	chains  []*nftables.Chain // in the kernel's order
 	rules   []liveRule        // chain by chain, in order
 }
@@ -106,10 +118,15 @@ func read(c *nftables.Conn) (live, error) {
 	if err != nil {
 		return l, fmt.Errorf("%w: list nftables tables: %v", firewall.ErrUnavailable, err)
 	}
-	if !slices.ContainsFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName }) {
+	i := slices.IndexFunc(tables, func(t *nftables.Table) bool { return t.Name == TableName })
+	if i < 0 {
 		return l, nil
 	}
-	l.present = true
+	l.present, l.flags = true, tables[i].Flags
+	kinds, err := exprKinds()
+	if err != nil {
+		return l, err
+	}
 	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return l, fmt.Errorf("list chains of inet %s: %w", TableName, err)
@@ -126,7 +143,8 @@ func read(c *nftables.Conn) (live, error) {
 		for _, r := range rules {
 			c, ok := comment(r.UserData)
 			role, text := parseComment(c)
-			l.rules = append(l.rules, liveRule{ruleSpec: ruleSpec{chain: ch.Name, role: role, text: text, exprs: r.Exprs}, commented: ok})
+			l.rules = append(l.rules, liveRule{ruleSpec: ruleSpec{chain: ch.Name, role: role, text: text, exprs: r.Exprs},
+				commented: ok, kinds: kinds[r.Handle]})
 		}
 	}
 	return l, nil
@@ -147,6 +165,12 @@ func evaluate(l live) evaluation {
 		return ev
 	}
 	ev.lines = append(ev.lines, tableLine())
+	if l.flags != 0 {
+		// Dormant (NFT_TABLE_F_DORMANT) unhooks every chain of the table:
+		// the rules stay, and filter nothing.
+		ev.lines = append(ev.lines, fmt.Sprintf("# table flags %#x", l.flags))
+		ev.problems = append(ev.problems, fmt.Sprintf("the table has flags %#x (dormant: none of its chains filters)", l.flags))
+	}
 	byName := map[string]*nftables.Chain{}
 	for _, ch := range l.chains {
 		byName[ch.Name] = ch
@@ -177,6 +201,12 @@ func evaluate(l live) evaluation {
 			text = "# a rule without Cordon's comment: " + renderExprs(r.exprs)
 		}
 		ev.lines = append(ev.lines, ruleLine(r.chain, r.role, text))
+		if len(r.kinds) != len(r.exprs) {
+			// Whatever the rest decodes to, the rule is not one of ours.
+			msg := fmt.Sprintf("chain %s: rule %q holds expressions this plugin cannot read (%s)", r.chain, r.text, strings.Join(r.kinds, " "))
+			ev.problems = append(ev.problems, msg)
+			ev.lines = append(ev.lines, "# "+msg)
+		}
 		specs = append(specs, r.ruleSpec)
 	}
 	ev.pol = reconstruct(specs)
@@ -194,7 +224,13 @@ func evaluate(l live) evaluation {
 				exp = append(exp, r)
 			}
 		}
-		ev.problems = append(ev.problems, diffRules(spec.name, got, exp)...)
+		diff := diffRules(spec.name, got, exp)
+		ev.problems = append(ev.problems, diff...)
+		// The lines name each difference too, so that the digest of a
+		// table whose expressions differ from its comments differs.
+		for _, d := range diff {
+			ev.lines = append(ev.lines, "# "+d)
+		}
 	}
 	return ev
 }
@@ -296,10 +332,14 @@ func (p *Plugin) Info(_ context.Context) (firewall.Info, error) {
 //
 // Cordon's table is replaced whole in one transaction (add table, delete
 // it, add it again with its chains and rules, in one netlink batch), then
-// read back and compared with what was written, expression by expression;
-// if it differs, the table as it was before is put back, again in one
-// transaction, and Isolate fails. Isolating with the policy already in
-// place changes nothing and returns the same digest.
+// read back and compared with what was written, expression by expression.
+// If it cannot be read back, the table as it was before is put back, again
+// in one transaction, and Isolate fails. If it reads back different
+// (something else on the host changed it in between), the table is
+// applied again, up to maxAttempts times; then the rules written stay in
+// place (fail closed) and Isolate fails with firewall.ErrRulesChanged.
+// Isolating with the policy already in place changes nothing and returns
+// the same digest.
 //
 // Once the rules are in place it deletes the conntrack entries of flows pol
 // does not allow and counts them in FlowsCut; a conntrack failure is
@@ -335,26 +375,43 @@ func (p *Plugin) Isolate(ctx context.Context, pol policy.Policy, orderID string)
 	if err := ctx.Err(); err != nil {
 		return firewall.Applied{}, fmt.Errorf("isolate: %w", err)
 	}
-	replaceTable(c, pl.chains(), pl.rules)
-	if p.beforeCommit != nil {
-		p.beforeCommit(c)
-	}
-	if err := c.Flush(); err != nil {
-		log.Error("isolation failed: the kernel refused the transaction, nothing changed", "error", err)
-		return firewall.Applied{}, fmt.Errorf("isolate: apply inet %s (one transaction, nothing changed): %w", TableName, err)
-	}
-	after, err := read(c)
-	ev := evaluate(after)
-	if err == nil && (len(ev.problems) > 0 || !slices.Equal(ev.lines, want)) {
-		err = fmt.Errorf("rules read back are not the ones written: %s", strings.Join(ev.problems, "; "))
-	}
-	if err != nil {
-		if rerr := restore(c, before); rerr != nil {
-			log.Error("putting back the table as it was failed", "error", rerr)
-			err = errors.Join(err, fmt.Errorf("restore: %w", rerr))
+	var ev evaluation
+	for attempt := 1; ; attempt++ {
+		replaceTable(c, pl.chains(), pl.rules)
+		if p.beforeCommit != nil {
+			p.beforeCommit(c)
 		}
-		log.Error("isolation failed", "error", err)
-		return firewall.Applied{}, fmt.Errorf("isolate: verify: %w", err)
+		if err := c.Flush(); err != nil {
+			log.Error("isolation failed: the kernel refused the transaction, nothing changed", "error", err)
+			return firewall.Applied{}, fmt.Errorf("isolate: apply inet %s (one transaction, nothing changed): %w", TableName, err)
+		}
+		if p.afterCommit != nil {
+			p.afterCommit()
+		}
+		after, err := read(c)
+		if err != nil {
+			if rerr := restore(c, before); rerr != nil {
+				log.Error("putting back the table as it was failed", "error", rerr)
+				err = errors.Join(err, fmt.Errorf("restore: %w", rerr))
+			}
+			log.Error("isolation failed", "error", err)
+			return firewall.Applied{}, fmt.Errorf("isolate: verify: %w", err)
+		}
+		ev = evaluate(after)
+		if len(ev.problems) == 0 && slices.Equal(ev.lines, want) {
+			break
+		}
+		// The kernel applied what was sent (one transaction); what reads
+		// back differs because something else changed it since. Try
+		// again; then leave the rules written in place: a host that
+		// something is fighting to open stays isolated (fail closed).
+		mismatch := strings.Join(ev.problems, "; ")
+		if attempt == maxAttempts {
+			log.Error("the rules were changed by something else as soon as they were applied; left in place", "attempts", attempt, "problems", mismatch)
+			return firewall.Applied{}, fmt.Errorf("isolate: verify: %w, %d times: %s; the rules written are left in place",
+				firewall.ErrRulesChanged, attempt, mismatch)
+		}
+		log.Warn("rules read back differ from those written: something else changed them; applying again", "attempt", attempt, "problems", mismatch)
 	}
 	a := firewall.Applied{Digest: digestLines(ev.lines), Rules: ev.lines}
 	a.FlowsCut = p.cutFlows(eff, log)

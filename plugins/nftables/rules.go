@@ -32,11 +32,19 @@ const TableName = "cordon"
 // Every base chain registered on a hook sees the packet, in priority
 // order, whatever table it belongs to: an accept ends only the chain that
 // says it, and the packet goes on to the next base chain; a drop ends the
-// packet's path at once (nft(8), "VERDICT STATEMENT"). So no chain of
-// another table, whatever its priority, can let past what Cordon's chains
-// drop: an earlier accept only hands the packet on to Cordon's chain, and
-// a later one never sees it. The same holds for iptables-legacy, whose
-// chains are registered on the same hooks.
+// packet's path at once (nft(8), "VERDICT STATEMENT"). So no verdict of a
+// chain of another table, whatever its priority, can let past what
+// Cordon's chains drop: an earlier accept only hands the packet on to
+// Cordon's chain, and a later one never sees it. The same holds for
+// iptables-legacy, whose chains are registered on the same hooks.
+//
+// What another chain can do is rewrite packets: one that changes addresses
+// or ports (NAT, "payload set") in prerouting, before input, or in
+// postrouting, after output, can make traffic to or from anywhere look
+// like traffic with the controller to Cordon's chains; so can tc, XDP and
+// a netdev ingress or egress chain, which run outside these hooks. All of
+// them need root on the host, as flushing the rules does; the cloud layer
+// is the answer to that, and the drift check to the flushing.
 const Priority = -99
 
 // Layout names the shape of the rules this version writes; it is in the
