@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cordon-ir/cordon/internal/flowcut"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
@@ -58,6 +59,12 @@ func (a *Agent) selfTest(ctx context.Context, pol policy.Policy) (string, error)
 	probe, ok := forbiddenProbe(pol, remote)
 	if !ok {
 		found = append(found, "forbidden traffic: nothing to try (the controller's address is allowlisted, or unknown)")
+		return joinFound(found), nil
+	}
+	if flowcut.LocalAddrs()(probe.Addr()) {
+		// A datagram to the host's own address goes over loopback,
+		// which the rules allow.
+		found = append(found, "forbidden traffic: nothing to try (the controller's address is this host's own)")
 		return joinFound(found), nil
 	}
 	// One UDP datagram to a port the policy does not allow. Dropped by

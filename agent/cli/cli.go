@@ -298,8 +298,13 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		}
 		allow = append(allow, p)
 	}
+	lock, err := lockRuntime(cfg.RuntimeDir)
+	if err != nil {
+		return err
+	}
+	defer lock.Close()
 	dir := pluginDir(cfg)
-	plugin, reason, err := choosePlugin(cfg.Plugin, dir)
+	plugin, reason, err := choosePlugin(cfg, dir, errw)
 	if err != nil {
 		return err
 	}
@@ -312,11 +317,6 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if created {
 		log.Info("created agent key", "path", cfg.Key, "key", sshkey.Fingerprint(signer.PublicKey()))
 	}
-	lock, err := lockRuntime(cfg.RuntimeDir)
-	if err != nil {
-		return err
-	}
-	defer lock.Close()
 	// The snapshot collector keeps the read access the sandbox would take
 	// away (other processes' /proc/PID/fd, exe, ns); it has no network and
 	// writes nothing. Then, from here on, Landlock holds the agent, its
@@ -361,14 +361,62 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 
 // choosePlugin returns the plugin to run and why: the one configured, or
 // for firewall.Auto the one firewall.Choose picks from what the host's
-// firewall is, among those installed in dir.
-func choosePlugin(name, dir string) (plugin, reason string, err error) {
-	if name != firewall.Auto {
-		return name, "configured (--plugin " + name + ")", nil
+// firewall is, among those installed in dir; but when the other plugin's
+// rules are in place (the host was isolated through it before this start)
+// and the chosen one's are not, that other one, which can read and release
+// them. A plugin is only asked when asking it loads no kernel module
+// (safeToAsk).
+func choosePlugin(cfg Config, dir string, errw io.Writer) (plugin, reason string, err error) {
+	if cfg.Plugin != firewall.Auto {
+		return cfg.Plugin, "configured (--plugin " + cfg.Plugin + ")", nil
 	}
-	installed := func(n string) bool {
+	host := firewall.ProbeHost()
+	name, reason, err := firewall.Choose(host, installedIn(dir))
+	if err != nil {
+		return "", "", err
+	}
+	other := map[string]string{"nftables": "iptables", "iptables": "nftables"}[name]
+	if !installedIn(dir)(other) || !safeToAsk(host, other) || (safeToAsk(host, name) && hasRules(cfg, dir, name, errw)) {
+		return name, reason, nil
+	}
+	if hasRules(cfg, dir, other, errw) {
+		return other, reason + "; but Cordon's rules in place are " + other + "'s (the host was isolated through it before): keeping " + other, nil
+	}
+	return name, reason, nil
+}
+
+// installedIn reports whether a plugin's executable is in dir.
+func installedIn(dir string) func(string) bool {
+	return func(n string) bool {
 		st, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+n))
 		return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
 	}
-	return firewall.Choose(firewall.ProbeHost(), installed)
+}
+
+// safeToAsk reports whether a plugin can read the rules without making the
+// kernel load a module the host does not use: nftables when nf_tables is
+// there; iptables when its variant's tables are (iptables-nft with
+// nf_tables, iptables-legacy with x_tables tables in use).
+func safeToAsk(h firewall.HostFirewall, name string) bool {
+	switch name {
+	case "nftables":
+		return h.NFTables
+	case "iptables":
+		return (h.Iptables == "nf_tables" && h.NFTables) || (h.Iptables == "legacy" && len(h.LegacyTables) > 0)
+	}
+	return false
+}
+
+// hasRules starts a plugin and asks whether any rule of Cordon's is in
+// place through it.
+func hasRules(cfg Config, dir, name string, errw io.Writer) bool {
+	fw, err := firewall.Launch(firewall.LaunchConfig{Dir: dir, Name: name, SocketDir: cfg.RuntimeDir, Stderr: errw})
+	if err != nil {
+		return false
+	}
+	defer fw.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := fw.Status(ctx)
+	return err == nil && (st.Digest != "" || st.Partial != "")
 }

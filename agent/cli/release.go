@@ -120,28 +120,51 @@ func releaseLocal(ctx context.Context, cfg Config, tokenFile string, out, errw i
 	}
 	defer lock.Close()
 	dir := pluginDir(cfg)
-	name, reason, err := choosePlugin(cfg.Plugin, dir)
-	if err != nil {
-		return err
+	// With --plugin auto, every installed plugin that can be asked without
+	// loading a kernel module: the host may have been isolated through
+	// either.
+	names := []string{cfg.Plugin}
+	if cfg.Plugin == firewall.Auto {
+		host := firewall.ProbeHost()
+		names = nil
+		for _, n := range []string{"nftables", "iptables"} {
+			if installedIn(dir)(n) && safeToAsk(host, n) {
+				names = append(names, n)
+			}
+		}
+		if len(names) == 0 {
+			return errors.New("no firewall plugin to release through: none installed in " + dir + " can read this host's rules")
+		}
 	}
-	fw, err := firewall.Launch(firewall.LaunchConfig{Dir: dir, Name: name, SocketDir: cfg.RuntimeDir, Stderr: errw})
-	if err != nil {
-		return fmt.Errorf("start the %s plugin (%s): %w", name, reason, err)
-	}
-	defer fw.Close()
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	n, err := fw.Release(ctx, "local-"+tok.ID)
-	if err != nil {
-		return fmt.Errorf("release with the %s plugin: %w", name, err)
+	removed := 0
+	for _, name := range names {
+		cfgSHA := ""
+		if name == cfg.Plugin {
+			cfgSHA = cfg.PluginSHA256
+		}
+		fw, err := firewall.Launch(firewall.LaunchConfig{Dir: dir, Name: name, SHA256: cfgSHA, SocketDir: cfg.RuntimeDir, Stderr: errw})
+		if err != nil {
+			return fmt.Errorf("start the %s plugin: %w", name, err)
+		}
+		n, err := fw.Release(ctx, "local-"+tok.ID)
+		if err != nil {
+			fw.Close()
+			return fmt.Errorf("release with the %s plugin: %w", name, err)
+		}
+		st, err := fw.Status(ctx)
+		fw.Close()
+		if err != nil {
+			return fmt.Errorf("read the rules back after release (%s plugin): %w", name, err)
+		}
+		if st.Digest != "" || st.Partial != "" {
+			return fmt.Errorf("rules of Cordon's left after release (%s plugin): %s", name, st.Partial)
+		}
+		removed += n
 	}
-	st, err := fw.Status(ctx)
-	if err != nil {
-		return fmt.Errorf("read the rules back after release: %w", err)
-	}
-	if st.Digest != "" || st.Partial != "" {
-		return fmt.Errorf("rules of Cordon's left after release: %s", st.Partial)
-	}
+	name := strings.Join(names, " and ")
+	n := removed
 	_, err = fmt.Fprintf(out, "released %s with token %s (issued by %s: %s): %d of Cordon's rules and chains removed, none left (%s plugin).\n"+
 		"When the controller is reachable again it isolates this host again unless an operator runs: cordon release host %s\n",
 		tok.Host, tok.ID, tok.IssuedBy, tok.Reason, n, name, tok.Host)

@@ -295,16 +295,24 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 			}
 		}
 		if !inFlight {
+			// Rules in place that are not the ones this controller saw
+			// verified (rewritten while the agent was down, or by another
+			// plugin) are put right the same way as missing ones.
+			foreign := fw.Isolated && h.State == store.StateIsolated && h.Digest != "" && fw.Digest != h.Digest
 			switch {
-			case h.Desired == store.StateIsolated && !fw.Isolated && h.IsolateOrder != "":
-				// Rules are gone (reboot, or removed by hand): isolate again
-				// with the same policy.
+			case h.Desired == store.StateIsolated && (!fw.Isolated || foreign) && h.IsolateOrder != "":
+				// Rules are gone (reboot, or removed by hand) or not the
+				// verified ones: isolate again with the same policy.
 				prev, err := tx.Order(h.IsolateOrder)
 				if err != nil {
 					return err
 				}
+				why := "agent reconnected without Cordon's rules"
+				if foreign {
+					why = "agent reconnected with rules (digest " + fw.Digest + ") other than those verified (" + h.Digest + ")"
+				}
 				o := &store.Order{ID: newID("ord"), Host: h.Name, Kind: string(wire.KindIsolate),
-					Reason: "re-apply isolation: agent reconnected without Cordon's rules (" + prev.ID + ")", Incident: prev.Incident,
+					Reason: "re-apply isolation: " + why + " (" + prev.ID + ")", Incident: prev.Incident,
 					Allow: prev.Allow, DNS: prev.DNS, DHCP: prev.DHCP, Operator: "controller", State: store.OrderPending, CreatedAt: now}
 				if err := tx.AddOrder(o); err != nil {
 					return err

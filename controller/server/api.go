@@ -252,6 +252,9 @@ func (s *Server) releaseToken(ctx context.Context, op operator, a api.ReleaseTok
 			}
 			return err
 		}
+		if h.MachineID == "" {
+			return api.Errorf(api.CodeInvalid, "host %s has not told its machine-id yet (its agent has not connected since it enrolled): a token bound to a name alone could release another machine", a.Host)
+		}
 		tok.MachineID = h.MachineID
 		if file, err = releasetoken.Sign(tok, s.cfg.HostKey); err != nil {
 			return err

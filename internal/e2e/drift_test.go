@@ -1,11 +1,16 @@
 package e2e
 
 import (
+	"context"
+	"net/netip"
+	"os"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/cordon-ir/cordon/internal/netlab/labtest"
 	"github.com/cordon-ir/cordon/internal/stage"
+	"github.com/cordon-ir/cordon/pkg/firewall"
 )
 
 // wipe is one way a host's own tooling removes or displaces Cordon's rules
@@ -147,4 +152,86 @@ func cordonInPlace(w *world, plugin string) bool {
 		}
 	}
 	return true
+}
+
+// TestAutoKeepsThePluginInPlace: a host isolated through the iptables
+// plugin whose agent restarts with --plugin auto (which would pick
+// nftables here) keeps the iptables plugin, which can read and release
+// those rules, and says why.
+func TestAutoKeepsThePluginInPlace(t *testing.T) {
+	w := newWorld(t)
+	w.startAgent(stage.AgentOptions{Token: w.Token, Plugin: "iptables"})
+	w.waitOnline()
+	w.mustCordon("isolate", "host", hostName, "--reason", "auto test", "--wait")
+	w.StopAgent()
+	w.startAgent(stage.AgentOptions{Plugin: "auto"})
+	w.waitOnline()
+	h, _ := w.HostState()
+	if !strings.HasPrefix(h.Plugin, "iptables ") || !strings.Contains(h.PluginReason, "keeping iptables") || h.State != "isolated" {
+		t.Fatalf("after a restart with auto: plugin %q (%s), state %s", h.Plugin, h.PluginReason, h.State)
+	}
+	w.mustCordon("release", "host", hostName, "--reason", "done", "--wait")
+	if strings.Contains(w.rules(w.Host), "CORDON-") {
+		t.Error("Cordon rules left after release")
+	}
+}
+
+// TestRewrittenRulesPutRight: while the agent is down, someone rewrites
+// Cordon's table into a valid one for a wider policy (an allowlist entry
+// nobody ordered, applied through the plugin itself); the agent comes back
+// reporting rules that are Cordon's and isolated, but not the ones the
+// controller saw verified: the controller puts the ordered policy back.
+func TestRewrittenRulesPutRight(t *testing.T) {
+	if labtest.IsChild(t) {
+		widenInNamespace(t)
+		return
+	}
+	w := newWorld(t)
+	w.startAgent(stage.AgentOptions{Token: w.Token, Plugin: "nftables"})
+	w.waitOnline()
+	w.mustCordon("isolate", "host", hostName, "--reason", "rewrite test", "--wait")
+	table := func() string {
+		out, err := w.Host.Output("nft", "list", "table", "inet", "cordon")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	verified := table()
+	w.StopAgent()
+	labtest.RunChild(t, w.Host, "CORDON_E2E_BIN="+w.Bin, "CORDON_E2E_RUNTIME="+w.RuntimeDir)
+	if !strings.Contains(table(), "198.19.0.0/16") {
+		t.Fatalf("the rewrite did not take:\n%s", table())
+	}
+	w.startAgent(stage.AgentOptions{Plugin: "nftables"})
+	w.waitOnline()
+	w.eventually(20*time.Second, "the ordered policy put back", func() bool {
+		h, _ := w.HostState()
+		return h.State == "isolated" && !strings.Contains(table(), "198.19.0.0/16")
+	})
+	if audit := w.mustCordon("audit", "--host", hostName); !strings.Contains(audit, "other than those verified") {
+		t.Errorf("audit does not say why the isolation was applied again:\n%s", audit)
+	}
+	if got := table(); got != verified {
+		t.Errorf("table after the re-push:\n%s\nwant as verified:\n%s", got, verified)
+	}
+}
+
+// widenInNamespace, in the host's namespace, applies the policy in force
+// plus an allowlist entry through the nftables plugin.
+func widenInNamespace(t *testing.T) {
+	fw, err := firewall.Launch(firewall.LaunchConfig{Dir: os.Getenv("CORDON_E2E_BIN"), Name: "nftables", SocketDir: os.Getenv("CORDON_E2E_RUNTIME")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fw.Close()
+	st, err := fw.Status(context.Background())
+	if err != nil || st.Policy == nil {
+		t.Fatalf("Status = %+v, %v", st, err)
+	}
+	wider := *st.Policy
+	wider.Allow = append(wider.Allow, netip.MustParsePrefix("198.19.0.0/16"))
+	if _, err := fw.Isolate(context.Background(), wider, "someone-else"); err != nil {
+		t.Fatal(err)
+	}
 }

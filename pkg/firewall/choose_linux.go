@@ -44,6 +44,18 @@ func ProbeHost() HostFirewall {
 	return h
 }
 
+// NFTablesPresent reports whether nf_tables can be asked (by nft(8),
+// iptables-nft or netlink) without the kernel loading its module: it is
+// built in, or its module is loaded; else why not.
+func NFTablesPresent() (bool, string) {
+	why := nfTablesPresent()
+	return why == "", why
+}
+
+// IptablesVariant is the variant of the iptables(8) installed:
+// "nf_tables", "legacy", or "" when none runs (`iptables -V`, 2 s at most).
+func IptablesVariant() string { return iptablesVariant() }
+
 // nfTablesPresent returns "" when nf_tables can be asked without loading
 // a module, else why not.
 func nfTablesPresent() string {

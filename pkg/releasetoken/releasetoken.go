@@ -42,8 +42,8 @@ type Token struct {
 	FormatVersion int    `json:"format_version"` // 1
 	ID            string `json:"id"`             // rtk-<hex>, for the audit trail
 	// Host is the host's Cordon name; MachineID its machine-id
-	// (machine-id(5)) as its agent last reported it, "" when unknown. The
-	// agent refuses a token for another name or machine.
+	// (machine-id(5)) as its agent last reported it. The agent refuses a
+	// token for another name or machine, or one without a machine-id.
 	Host      string `json:"host"`
 	MachineID string `json:"machine_id,omitempty"`
 	// IssuedAt and NotAfter are controller clock, UTC.
@@ -93,7 +93,7 @@ var ErrInvalid = errors.New("release token refused")
 
 // Verify checks a token file for this host: signed (namespace
 // cordon-release) by the controller key whose fingerprint the agent pins,
-// naming host and, when the token names one, machineID, and valid at now
+// naming host and machineID, and valid at now
 // (a minute of clock skew allowed either way). Every refusal wraps
 // ErrInvalid and says why.
 func Verify(file []byte, pinnedFingerprint, host, machineID string, now time.Time) (Token, error) {
@@ -135,7 +135,10 @@ func Verify(file []byte, pinnedFingerprint, host, machineID string, now time.Tim
 	if t.Host != host {
 		return fail("the token is for host %q; this host is %q", t.Host, host)
 	}
-	if t.MachineID != "" && t.MachineID != machineID {
+	if t.MachineID == "" {
+		return fail("the token names no machine-id; it could release any machine with this name")
+	}
+	if t.MachineID != machineID {
 		return fail("the token is for machine-id %s; this machine is %s", t.MachineID, machineID)
 	}
 	const skew = time.Minute

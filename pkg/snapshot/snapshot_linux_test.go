@@ -1607,3 +1607,19 @@ func TestReadShortAt(t *testing.T) {
 		t.Errorf("/proc/self/stat: %q, %v", b, err)
 	}
 }
+
+// TestWouldLoadModule: the firewall commands the snapshot runs are left
+// out when they would make the kernel load a module.
+func TestWouldLoadModule(t *testing.T) {
+	if why := wouldLoadModule("nft", false, "the nf_tables module is not loaded", "legacy"); !strings.Contains(why, "nf_tables") {
+		t.Errorf("nft without nf_tables: %q", why)
+	}
+	if why := wouldLoadModule("iptables-save", false, "the nf_tables module is not loaded", "nf_tables"); !strings.Contains(why, "iptables-nft") {
+		t.Errorf("iptables-nft without nf_tables: %q", why)
+	}
+	for _, cmd := range []string{"nft", "iptables-save", "ip6tables-save"} {
+		if why := wouldLoadModule(cmd, true, "", "nf_tables"); why != "" {
+			t.Errorf("%s with nf_tables: %q", cmd, why)
+		}
+	}
+}

@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/cordon-ir/cordon/pkg/firewall"
 )
 
 // utmpSize is sizeof(struct utmp) on Linux with glibc on 64-bit and
@@ -424,8 +426,14 @@ func (c *collection) collectFirewall() {
 	a := c.art[FirewallArtifact]
 	defer a.close()
 	recs := make([]FirewallRecord, len(firewallCommands))
+	nft, nftWhy := firewall.NFTablesPresent()
+	variant := firewall.IptablesVariant()
 	var wg sync.WaitGroup
 	for i, argv := range firewallCommands {
+		if why := wouldLoadModule(argv[0], nft, nftWhy, variant); why != "" {
+			recs[i] = FirewallRecord{Command: strings.Join(argv, " "), ExitCode: -1, Error: "not run: " + why}
+			continue
+		}
 		wg.Go(func() { recs[i] = c.runFirewall(a, argv) })
 	}
 	wg.Wait()
@@ -439,6 +447,29 @@ func (c *collection) collectFirewall() {
 			return
 		}
 	}
+}
+
+// wouldLoadModule says why running a firewall command would make the
+// kernel load a module the host does not use (the snapshot loads none),
+// or "": nft and iptables-nft need nf_tables; iptables-legacy-save with
+// no table in use (/proc/net/ip_tables_names, ip6_tables_names absent)
+// would load ip_tables.
+func wouldLoadModule(cmd string, nft bool, nftWhy, variant string) string {
+	switch {
+	case cmd == "nft" && !nft:
+		return nftWhy
+	case (cmd == "iptables-save" || cmd == "ip6tables-save") && variant == "nf_tables" && !nft:
+		return "iptables is iptables-nft and " + nftWhy
+	case cmd == "iptables-save" && variant == "legacy":
+		if _, err := os.Stat("/proc/net/ip_tables_names"); err != nil {
+			return "no iptables-legacy table is in use (no /proc/net/ip_tables_names); running it would load ip_tables"
+		}
+	case cmd == "ip6tables-save" && variant == "legacy":
+		if _, err := os.Stat("/proc/net/ip6_tables_names"); err != nil {
+			return "no ip6tables-legacy table is in use (no /proc/net/ip6_tables_names); running it would load ip6_tables"
+		}
+	}
+	return ""
 }
 
 func (c *collection) runFirewall(a *artifact, argv []string) FirewallRecord {
