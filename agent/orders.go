@@ -508,7 +508,10 @@ const controllerLookupTimeout = 2 * time.Second
 // host); while it is isolated already, the controller endpoints of the
 // policy in force. An address (not a name) adds nothing: the connected
 // endpoint is in the policy anyway. A lookup that fails is logged, and the
-// isolation goes on with the endpoints known.
+// isolation goes on with the endpoints known. The answer is as trustworthy
+// as the resolver the agent used to connect: a forged one cannot pass for
+// the controller (its host key is pinned), but its address stays
+// reachable on the controller's port while the host is isolated.
 func (a *Agent) controllerAddrs(ctx context.Context, l *slog.Logger) []policy.Endpoint {
 	host, portText, err := net.SplitHostPort(a.cfg.Controller)
 	if err != nil {
