@@ -33,6 +33,16 @@ func slowIptables(t *testing.T, delay, markDir string) []string {
 	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The iptables plugin writes with iptables-restore, found beside
+	// iptables: its first run waits too.
+	realRestore, err := exec.LookPath("iptables-restore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script = "#!/bin/sh\nif [ ! -e " + marker + " ]; then : > " + marker + "; sleep " + delay + "; fi\nexec " + realRestore + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "iptables-restore"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	return []string{"PATH=" + dir + ":" + os.Getenv("PATH")}
 }
 
@@ -319,6 +329,17 @@ func TestAgentCannotWriteDuringOrder(t *testing.T) {
 	script := "#!/bin/sh\ncase \" $* \" in *\" -N \"*) if [ ! -e " + mark + " ]; then (echo evidence-tampering > " + probe + ") 2> " + mark +
 		" || true; fi;; esac\nexec " + real + " \"$@\"\n"
 	if err := os.WriteFile(filepath.Join(dir, "iptables"), []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The iptables plugin writes with iptables-restore, found beside
+	// iptables: it tries the same.
+	realRestore, err := exec.LookPath("iptables-restore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	script = "#!/bin/sh\nif [ ! -e " + mark + " ]; then (echo evidence-tampering > " + probe + ") 2> " + mark +
+		" || true; fi\nexec " + realRestore + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(dir, "iptables-restore"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	w.startAgent(stage.AgentOptions{Token: w.Token, Env: []string{"PATH=" + dir + ":" + os.Getenv("PATH")}})

@@ -135,6 +135,17 @@ func TestPluginCrashMidIsolate(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(wrap, "iptables"), []byte(script), 0o755); err != nil {
 		t.Fatal(err)
 	}
+	// The plugin writes in one iptables-restore per family (found beside
+	// iptables): kill it when that input links OUTPUT.
+	realRestore, err := exec.LookPath("iptables-restore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	restoreScript := "#!/bin/sh\nin=$(cat)\ncase \"$in\" in *\"-I OUTPUT \"*) kill -9 $PPID; exit 1;; esac\n" +
+		"printf '%s\\n' \"$in\" | exec " + realRestore + " \"$@\"\n"
+	if err := os.WriteFile(filepath.Join(wrap, "iptables-restore"), []byte(restoreScript), 0o755); err != nil {
+		t.Fatal(err)
+	}
 	w.startAgent(stage.AgentOptions{Token: w.Token, Env: []string{"PATH=" + wrap + ":" + os.Getenv("PATH")}})
 	w.waitOnline()
 

@@ -17,12 +17,14 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coreos/go-iptables/iptables"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/cordon-ir/cordon/internal/netlab"
@@ -634,76 +636,135 @@ func conntrackCount(t *testing.T, fam string, port int) int {
 
 var errInjected = errors.New("injected failure")
 
-// faultyTables passes every call to real iptables, but fails the failAt-th
-// change (counting from 1; 0 never fails) without making it. It counts the
-// changes and records their kinds.
+// faultyTables passes every call to real iptables, but can fail a chosen
+// change (a restore, or a single change of Release's fallback) without
+// making it, make a chosen restore apply something other than it was given
+// and report success, or fail a chosen read. Changes and reads are counted
+// separately, from 1 (0 never matches); every call is recorded in order.
 type faultyTables struct {
 	ipTables
 	c *faultCounter
 }
 
 type faultCounter struct {
-	mu     sync.Mutex
-	failAt int
-	n      int
-	ops    []string
+	mu       sync.Mutex
+	failAt   map[int]bool // changes to fail
+	alterAt  int          // the restore to alter (alterRestore)
+	readFail int          // the read to fail
+	n, reads int
+	ops      []string // every call: "Restore", "Delete", … "List", "ListChains", "ChainExists"
+	altered  string   // what the altered restore left out
 }
 
-func (f faultyTables) change(op string) error {
+// reset clears the counts and the faults.
+func (c *faultCounter) reset() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.failAt, c.alterAt, c.readFail, c.n, c.reads, c.ops, c.altered = nil, 0, 0, 0, 0, nil, ""
+}
+
+func (c *faultCounter) calls() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.ops)
+}
+
+// isRead reports whether an op recorded by faultyTables is a read.
+func isRead(op string) bool { return op == "List" || op == "ListChains" || op == "ChainExists" }
+
+func (f faultyTables) change(op string) (n int, err error) {
 	f.c.mu.Lock()
 	defer f.c.mu.Unlock()
 	f.c.n++
 	f.c.ops = append(f.c.ops, op)
-	if f.c.n == f.c.failAt {
-		return fmt.Errorf("%w at change %d (%s)", errInjected, f.c.n, op)
+	if f.c.failAt[f.c.n] {
+		return f.c.n, fmt.Errorf("%w at change %d (%s)", errInjected, f.c.n, op)
+	}
+	return f.c.n, nil
+}
+
+func (f faultyTables) read(op string) error {
+	f.c.mu.Lock()
+	defer f.c.mu.Unlock()
+	f.c.reads++
+	f.c.ops = append(f.c.ops, op)
+	if f.c.reads == f.c.readFail {
+		return fmt.Errorf("%w at read %d (%s)", errInjected, f.c.reads, op)
 	}
 	return nil
 }
 
-func (f faultyTables) NewChain(table, chain string) error {
-	if err := f.change("NewChain"); err != nil {
+func (f faultyTables) List(table, chain string) ([]string, error) {
+	if err := f.read("List"); err != nil {
+		return nil, err
+	}
+	return f.ipTables.List(table, chain)
+}
+
+func (f faultyTables) ListChains(table string) ([]string, error) {
+	if err := f.read("ListChains"); err != nil {
+		return nil, err
+	}
+	return f.ipTables.ListChains(table)
+}
+
+func (f faultyTables) ChainExists(table, chain string) (bool, error) {
+	if err := f.read("ChainExists"); err != nil {
+		return false, err
+	}
+	return f.ipTables.ChainExists(table, chain)
+}
+
+func (f faultyTables) Restore(rules string) error {
+	n, err := f.change("Restore")
+	if err != nil {
 		return err
 	}
-	return f.ipTables.NewChain(table, chain)
+	f.c.mu.Lock()
+	alter := n == f.c.alterAt
+	f.c.mu.Unlock()
+	if alter {
+		var left string
+		rules, left = alterRestore(rules)
+		f.c.mu.Lock()
+		f.c.altered = left
+		f.c.mu.Unlock()
+	}
+	return f.ipTables.Restore(rules)
+}
+
+// alterRestore returns restore input that still applies but does less than
+// rules: without its last rule appended ("-A"), or else its last jump
+// inserted ("-I"), or else its last chain deleted ("-X"); and the line left
+// out.
+func alterRestore(rules string) (string, string) {
+	lines := strings.Split(rules, "\n")
+	for _, op := range []string{"-A ", "-I ", "-X "} {
+		for i := len(lines) - 1; i >= 0; i-- {
+			if l := lines[i]; strings.HasPrefix(l, op) {
+				return strings.Join(slices.Delete(lines, i, i+1), "\n"), l
+			}
+		}
+	}
+	return rules, ""
 }
 
 func (f faultyTables) ClearChain(table, chain string) error {
-	if err := f.change("ClearChain"); err != nil {
+	if _, err := f.change("ClearChain"); err != nil {
 		return err
 	}
 	return f.ipTables.ClearChain(table, chain)
 }
 
 func (f faultyTables) DeleteChain(table, chain string) error {
-	if err := f.change("DeleteChain"); err != nil {
+	if _, err := f.change("DeleteChain"); err != nil {
 		return err
 	}
 	return f.ipTables.DeleteChain(table, chain)
 }
 
-func (f faultyTables) RenameChain(table, old, new string) error {
-	if err := f.change("RenameChain"); err != nil {
-		return err
-	}
-	return f.ipTables.RenameChain(table, old, new)
-}
-
-func (f faultyTables) Append(table, chain string, spec ...string) error {
-	if err := f.change("Append"); err != nil {
-		return err
-	}
-	return f.ipTables.Append(table, chain, spec...)
-}
-
-func (f faultyTables) Insert(table, chain string, pos int, spec ...string) error {
-	if err := f.change("Insert"); err != nil {
-		return err
-	}
-	return f.ipTables.Insert(table, chain, pos, spec...)
-}
-
 func (f faultyTables) Delete(table, chain string, spec ...string) error {
-	if err := f.change("Delete"); err != nil {
+	if _, err := f.change("Delete"); err != nil {
 		return err
 	}
 	return f.ipTables.Delete(table, chain, spec...)
@@ -718,6 +779,39 @@ func withFaults(p *Plugin, c *faultCounter) {
 		}
 		return faultyTables{ipTables: ipt, c: c}, nil
 	}
+}
+
+// direct returns the go-iptables under t, for tests that change rules one
+// at a time, as an older plugin, a crash or another program leaves them.
+func (t tab) direct() *iptables.IPTables {
+	ipt := t.ipt
+	if f, ok := ipt.(faultyTables); ok {
+		ipt = f.ipTables
+	}
+	return ipt.(*xtables).IPTables
+}
+
+func (t tab) newChain(c string) error {
+	return t.wrap(t.direct().NewChain(filterTable, c), "create chain %s", c)
+}
+
+// appendRule appends a rule given as an "-A CHAIN …" line.
+func (t tab) appendRule(rule string) error {
+	f := splitRule(rule)
+	if len(f) < 3 || f[0] != "-A" {
+		return fmt.Errorf("malformed rule %q", rule)
+	}
+	return t.wrap(t.direct().Append(filterTable, f[1], f[2:]...), "append %q", rule)
+}
+
+// insertRule inserts a rule given as an "-A CHAIN …" line at 1-based
+// position pos of its chain.
+func (t tab) insertRule(pos int, rule string) error {
+	f := splitRule(rule)
+	if len(f) < 3 || f[0] != "-A" {
+		return fmt.Errorf("malformed rule %q", rule)
+	}
+	return t.wrap(t.direct().Insert(filterTable, f[1], pos, f[2:]...), "insert %q at %d", rule, pos)
 }
 
 var bg = context.Background()

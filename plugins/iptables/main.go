@@ -54,6 +54,21 @@
 //     out of conntrack cuts the agent off: its packets are then neither NEW
 //     nor ESTABLISHED.
 //
+// How it writes: it reads with iptables -S through go-iptables (the whole
+// filter table once per call and family, to find every Cordon chain, then
+// only the chains it needs) and writes each family in one
+// iptables-restore --noflush: the new generation's chains, their rules,
+// the jumps at the top of INPUT, OUTPUT and FORWARD, and the removal of any
+// other Cordon jump and chain, all in one commit (one nf_tables transaction
+// with iptables-nft, one table replace with iptables-legacy). A family is
+// never half isolated, and a plugin killed while it writes leaves it as it
+// was. After writing it reads the rules back; if they are not exactly the
+// plan, or a later family fails, it puts the earlier state back with one
+// restore per family. Release too removes each family's rules in one
+// restore (falling back on single deletions when that commit fails, to
+// remove what it can). It keeps go-iptables open between calls and looks
+// iptables and iptables-restore up in PATH again on each.
+//
 // Invariants a caller can rely on: every chain it creates is named
 // CORDON-<IN|OUT|FWD>-<generation> and linked by one jump at the top of
 // INPUT, OUTPUT and FORWARD; it never changes any other rule, chain, policy

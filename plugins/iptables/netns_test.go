@@ -10,6 +10,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -225,6 +226,61 @@ func equalSets(a, b map[string]bool) bool {
 		}
 	}
 	return true
+}
+
+// TestLegacy runs the isolation and rollback tests with iptables-legacy in
+// place of iptables-nft (PATH names iptables-legacy and its twins as
+// iptables, ip6tables and their -restore and -save): the restore input must
+// mean the same to it, and the plugin must not run its commands at once,
+// which would queue on the xtables lock.
+func TestLegacy(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		child func(*testing.T)
+	}{
+		{"isolate", func(t *testing.T) { isolateInNamespace(t, "user-rules") }},
+		{"rollback", rollbackInNamespace},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if labtest.IsChild(t) {
+				useLegacy(t)
+				tc.child(t)
+				return
+			}
+			host, env := newLab(t)
+			labtest.RunChild(t, host, env...)
+		})
+	}
+}
+
+// useLegacy puts iptables-legacy and its twins first in PATH under the
+// names of iptables, for the rest of t, and checks that the plugin sees
+// them as such.
+func useLegacy(t *testing.T) {
+	t.Helper()
+	requireLabNS(t)
+	dir := t.TempDir()
+	for _, cmd := range []string{"iptables", "ip6tables"} {
+		for _, suffix := range []string{"", "-restore", "-save"} {
+			real, err := exec.LookPath(cmd + "-legacy" + suffix)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(real, filepath.Join(dir, cmd+suffix)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	t.Setenv("PATH", dir+":"+os.Getenv("PATH"))
+	b, err := nsPlugin(t).backend()
+	if err != nil || len(b.tabs) != 2 {
+		t.Fatalf("backend: %d families, %v", len(b.tabs), err)
+	}
+	for _, tb := range b.tabs {
+		if x := tb.ipt.(*xtables); x.Concurrent() || !strings.HasPrefix(x.path, dir) {
+			t.Fatalf("%s is %s, concurrent %v; want the legacy one in %s", tb.fam.command(), x.path, x.Concurrent(), dir)
+		}
+	}
 }
 
 // TestEstablishedFlowCut opens TCP connections to the outside over IPv4 and
@@ -489,10 +545,104 @@ func leftoversInNamespace(t *testing.T) {
 	}
 }
 
-// TestIsolateRollback makes the n-th iptables change of an Isolate fail, for
-// n at every kind of step, and checks that the ruleset is then exactly as it
-// was: from no isolation, from an earlier generation (a swap), and from a
-// damaged generation of the same policy (a repair).
+// TestReleaseFallback: when Release cannot remove a family's rules in one
+// commit, it removes them one at a time, as much as it can. A restore that
+// fails still ends with nothing left; a Cordon chain that another program's
+// chain jumps to stays, flushed, with an error naming it, and everything
+// else goes; a single removal that fails as well is reported, the rest
+// still goes, and a second Release finishes.
+func TestReleaseFallback(t *testing.T) {
+	inNamespace(t, releaseFallbackInNamespace)
+}
+
+func releaseFallbackInNamespace(t *testing.T) {
+	requireLabNS(t)
+	before, _ := loadSetup(t, "user-rules")
+	p := nsPlugin(t)
+	c := &faultCounter{}
+	withFaults(p, c)
+	isolate := func() firewall.Applied {
+		t.Helper()
+		c.reset()
+		a, err := p.Isolate(bg, labPolicy(), "o")
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.reset()
+		return a
+	}
+	iptablesCmd := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("iptables", append([]string{"-w"}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("iptables %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	oneByOne := func() bool { return slices.Contains(c.calls(), "DeleteChain") }
+
+	// The IPv4 restore fails.
+	a := isolate()
+	c.failAt = map[int]bool{1: true}
+	if n, err := p.Release(bg, "o"); err != nil || n != len(a.Rules) || !oneByOne() {
+		t.Errorf("Release with the IPv4 restore failing = %d, %v (calls %s); want %d, nil, one by one", n, err, c.calls(), len(a.Rules))
+	}
+	if got := saveRules(t); got != before {
+		t.Fatalf("ruleset after release:\n%s\nwant:\n%s", got, before)
+	}
+
+	// Another program's chain jumps to Cordon's IPv4 IN chain.
+	a = isolate()
+	in := chainName("IN", genOfRules(t, a.Rules))
+	iptablesCmd("-N", "USER-HOLD")
+	iptablesCmd("-A", "USER-HOLD", "-j", in)
+	n, err := p.Release(bg, "o")
+	if err == nil || !strings.Contains(err.Error(), in) || n != len(a.Rules)-1 || !oneByOne() {
+		t.Errorf("Release with %s in use = %d, %v; want %d and an error naming it", in, n, err, len(a.Rules)-1)
+	}
+	want := map[string]bool{"iptables -N " + in: true, "iptables -A USER-HOLD -j " + in: true}
+	if got := listCordon(t); !equalSets(got, want) {
+		t.Errorf("left after release: %v, want %v", got, want)
+	}
+	if st, err := p.Status(bg); err != nil || st.Isolated {
+		t.Errorf("Status = %+v, %v; want not isolated", st, err)
+	}
+	iptablesCmd("-F", "USER-HOLD")
+	iptablesCmd("-X", "USER-HOLD")
+	c.reset()
+	if n, err := p.Release(bg, "o"); err != nil || n != 1 {
+		t.Errorf("Release of the chain left = %d, %v; want 1, nil", n, err)
+	}
+	if got := saveRules(t); got != before {
+		t.Fatalf("ruleset after release:\n%s\nwant:\n%s", got, before)
+	}
+
+	// The IPv4 restore fails, then the first removal one at a time (the
+	// IPv4 INPUT jump, so its chain cannot go either).
+	a = isolate()
+	c.failAt = map[int]bool{1: true, 2: true}
+	n, err = p.Release(bg, "o")
+	if !errors.Is(err, errInjected) || n != len(a.Rules)-2 {
+		t.Errorf("Release with a removal failing = %d, %v; want %d and the failure", n, err, len(a.Rules)-2)
+	}
+	if st, err := p.Status(bg); err != nil || st.Isolated {
+		t.Errorf("Status = %+v, %v; want not isolated", st, err)
+	}
+	c.reset()
+	if n, err := p.Release(bg, "o"); err != nil || n != 2 {
+		t.Errorf("second Release = %d, %v; want 2 (the jump and its chain), nil", n, err)
+	}
+	if got := saveRules(t); got != before {
+		t.Fatalf("ruleset after release:\n%s\nwant:\n%s", got, before)
+	}
+}
+
+// TestIsolateRollback makes an Isolate fail at each step of the way it
+// writes, from no isolation, from an earlier generation (a swap), and from
+// a damaged generation of the same policy (a repair), and checks that the
+// ruleset is then exactly as it was: each family's restore failing (the
+// first restore changes nothing; a later one has the families already
+// changed put back), a restore that applies something other than it was
+// given (the read-back check finds it and the family is put back), and
+// reads failing, before the restores and in the read-back check.
 func TestIsolateRollback(t *testing.T) {
 	inNamespace(t, rollbackInNamespace)
 }
@@ -532,12 +682,12 @@ func rollbackInNamespace(t *testing.T) {
 			tc.pre(t, p)
 			before := saveRules(t)
 			stBefore, _ := p.Status(bg)
-			// Count the changes of a successful run, then put things back.
-			c.n, c.ops = 0, nil
+			// Record the calls of a successful run, then put things back.
+			c.reset()
 			if _, err := p.Isolate(bg, tc.target, "count"); err != nil {
 				t.Fatalf("Isolate: %v", err)
 			}
-			ops := c.ops
+			ops := c.calls()
 			if _, err := p.Release(bg, "reset"); err != nil {
 				t.Fatal(err)
 			}
@@ -545,23 +695,63 @@ func rollbackInNamespace(t *testing.T) {
 			if got := saveRules(t); got != before {
 				t.Fatalf("could not recreate the starting state:\n%s\nwant:\n%s", got, before)
 			}
-			points := failurePoints(ops)
-			t.Logf("%d changes: %s; failing at %v", len(ops), strings.Join(ops, " "), points)
-			for _, n := range points {
-				c.n, c.failAt = 0, n
-				_, err := p.Isolate(bg, tc.target, "fail")
-				c.failAt = 0
-				if !errors.Is(err, errInjected) {
-					t.Fatalf("change %d of %d (%s) failed: Isolate returned %v", n, len(ops), ops[n-1], err)
-				}
+			changes, reads := failurePoints(ops)
+			if len(changes) != 2 {
+				t.Fatalf("calls %s: %d changes, want one restore per family", strings.Join(ops, " "), len(changes))
+			}
+			t.Logf("calls: %s; failing changes %v and reads %v", strings.Join(ops, " "), changes, reads)
+			check := func(t *testing.T, what string) {
+				t.Helper()
 				if got := saveRules(t); got != before {
-					t.Fatalf("after a failure at change %d (%s) the ruleset is:\n%s\nwant:\n%s", n, ops[n-1], got, before)
+					t.Fatalf("after %s the ruleset is:\n%s\nwant:\n%s", what, got, before)
 				}
 				if st, err := p.Status(bg); err != nil || st.Digest != stBefore.Digest || st.Isolated != stBefore.Isolated {
-					t.Errorf("after a failure at change %d: Status %+v, %v; was %+v", n, st, err, stBefore)
+					t.Errorf("after %s: Status %+v, %v; was %+v", what, st, err, stBefore)
 				}
 			}
+			for _, n := range changes {
+				c.reset()
+				c.failAt = map[int]bool{n: true}
+				_, err := p.Isolate(bg, tc.target, "fail")
+				if !errors.Is(err, errInjected) || errors.Is(err, errRollback) {
+					t.Fatalf("restore %d failed: Isolate returned %v", n, err)
+				}
+				check(t, fmt.Sprintf("a failed restore %d", n))
+			}
+			for _, n := range changes {
+				c.reset()
+				c.alterAt = n
+				_, err := p.Isolate(bg, tc.target, "alter")
+				if err == nil || !strings.Contains(err.Error(), "rules read back are not the ones written") || errors.Is(err, errRollback) {
+					t.Fatalf("restore %d applied without %q: Isolate returned %v", n, c.altered, err)
+				}
+				if c.altered == "" {
+					t.Fatalf("restore %d was not altered", n)
+				}
+				check(t, fmt.Sprintf("restore %d applied without %q", n, c.altered))
+			}
+			for _, n := range reads {
+				c.reset()
+				c.readFail = n
+				_, err := p.Isolate(bg, tc.target, "read")
+				if !errors.Is(err, errInjected) || errors.Is(err, errRollback) {
+					t.Fatalf("read %d failed: Isolate returned %v", n, err)
+				}
+				check(t, fmt.Sprintf("a failed read %d", n))
+			}
+			// When putting back fails too, the error says so.
+			c.reset()
+			c.failAt = map[int]bool{2: true, 3: true}
+			if _, err := p.Isolate(bg, tc.target, "fail twice"); !errors.Is(err, errRollback) {
+				t.Errorf("the IPv6 restore and the IPv4 undo failed: Isolate returned %v, want a rollback error", err)
+			}
+			c.reset()
+			if _, err := p.Release(bg, "reset"); err != nil {
+				t.Fatal(err)
+			}
+			tc.pre(t, p)
 			// And finally it works.
+			c.reset()
 			if _, err := p.Isolate(bg, tc.target, "ok"); err != nil {
 				t.Fatal(err)
 			}
@@ -575,37 +765,38 @@ func rollbackInNamespace(t *testing.T) {
 	}
 }
 
-// failurePoints picks the changes to fail: the first and last of each phase
-// (build, link, unlink, delete, rename), the first of each kind of change,
-// and the middle one.
-func failurePoints(ops []string) []int {
-	phase := func(op string) string {
-		switch op {
-		case "NewChain", "Append":
-			return "build"
-		case "ClearChain", "DeleteChain":
-			return "delete"
-		}
-		return op
-	}
-	set := map[int]bool{1: true, len(ops): true, (len(ops) + 1) / 2: true}
+// failurePoints picks, from the calls of a successful run (faultCounter
+// ops), the changes to fail (every one: one restore per family) and the
+// reads to fail: the first and last read before, between and after the
+// changes, and the first read of each kind.
+func failurePoints(ops []string) (changes, reads []int) {
+	set := map[int]bool{}
 	seen := map[string]bool{}
-	for i, op := range ops {
+	r, last := 0, 0 // reads so far; the read before the latest change
+	for _, op := range ops {
+		if !isRead(op) {
+			changes = append(changes, len(changes)+1)
+			if r > last {
+				set[r] = true // last of its phase
+			}
+			last = r
+			continue
+		}
+		r++
+		if r == last+1 {
+			set[r] = true // first of its phase
+		}
 		if !seen[op] {
 			seen[op] = true
-			set[i+1] = true // first of its kind
-		}
-		if i > 0 && phase(op) != phase(ops[i-1]) {
-			set[i] = true // last of the previous phase
-			set[i+1] = true
+			set[r] = true
 		}
 	}
-	var out []int
+	set[r] = true
 	for n := range set {
-		out = append(out, n)
+		reads = append(reads, n)
 	}
-	sort.Ints(out)
-	return out
+	sort.Ints(reads)
+	return changes, reads
 }
 
 // TestRuleTextMatchesIptables writes the rules of a policy with many shapes
@@ -672,6 +863,35 @@ func ruleTextInNamespace(t *testing.T) {
 			}
 		}
 	}
+	// Arguments that need quoting reach iptables-restore exactly.
+	comments := []string{"a b", `say "hi"`, `back\slash`, `\`, `"`, "it's", "#hash", "", "tab\there", "  lead", "-j DROP"}
+	odd := liveFamily{fam: ipv4, chains: map[string][]string{}}
+	for _, c := range comments {
+		q, err := restoreArg(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		odd.chains["CORDON-QUOTE"] = append(odd.chains["CORDON-QUOTE"], "-A CORDON-QUOTE -m comment --comment "+q+" -j ACCEPT")
+	}
+	in, err := restoreText(liveFamily{fam: ipv4}, odd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.tabs[0].restore(in); err != nil {
+		t.Fatalf("restore of odd comments: %v\n%s", err, in)
+	}
+	got, err := b.tabs[0].rules("CORDON-QUOTE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != len(comments) {
+		t.Fatalf("CORDON-QUOTE reads back as %q", got)
+	}
+	for i, c := range comments {
+		if f := splitRule(got[i]); len(f) != 8 || f[5] != c {
+			t.Errorf("comment %q reads back as %q (%q)", c, got[i], f)
+		}
+	}
 	if _, err := p.Release(bg, "cleanup"); err != nil {
 		t.Fatal(err)
 	}
@@ -699,28 +919,46 @@ func TestUnavailable(t *testing.T) {
 
 func unavailableInNamespace(t *testing.T) {
 	hosts := childLab(t)
-	ipt, err := exec.LookPath("iptables")
-	if err != nil {
-		t.Fatal(err)
-	}
 	before, _ := loadSetup(t, "empty")
 	path := os.Getenv("PATH")
-	empty, only4 := t.TempDir(), t.TempDir()
-	if err := os.Symlink(ipt, filepath.Join(only4, "iptables")); err != nil {
-		t.Fatal(err)
+	// only4 has iptables and its iptables-restore; noRestore has both
+	// iptables commands but neither restore.
+	empty, only4, noRestore := t.TempDir(), t.TempDir(), t.TempDir()
+	for dir, cmds := range map[string][]string{
+		only4:     {"iptables", "iptables-restore"},
+		noRestore: {"iptables", "ip6tables"},
+	} {
+		for _, cmd := range cmds {
+			real, err := exec.LookPath(cmd)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(real, filepath.Join(dir, cmd)); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 	p := nsPlugin(t)
+	// Opened once with everything in place: what follows must notice
+	// that commands went away.
+	if _, err := p.Status(bg); err != nil {
+		t.Fatal(err)
+	}
 
-	t.Setenv("PATH", empty)
-	if _, err := p.Info(bg); !errors.Is(err, firewall.ErrUnavailable) {
-		t.Errorf("Info without iptables: %v, want ErrUnavailable", err)
-	}
-	if _, err := p.Isolate(bg, labPolicy(), "o"); !errors.Is(err, firewall.ErrUnavailable) {
-		t.Errorf("Isolate without iptables: %v, want ErrUnavailable", err)
-	}
-	t.Setenv("PATH", path)
-	if got := saveRules(t); got != before {
-		t.Errorf("a refused Isolate changed the ruleset:\n%s\nwant:\n%s", got, before)
+	for _, dir := range []string{empty, noRestore} {
+		t.Setenv("PATH", dir)
+		if _, err := p.Info(bg); !errors.Is(err, firewall.ErrUnavailable) {
+			t.Errorf("Info with PATH %s: %v, want ErrUnavailable", dir, err)
+		}
+		if _, err := p.Isolate(bg, labPolicy(), "o"); !errors.Is(err, firewall.ErrUnavailable) {
+			t.Errorf("Isolate with PATH %s: %v, want ErrUnavailable", dir, err)
+		} else {
+			t.Logf("with PATH %s: %v", dir, err)
+		}
+		t.Setenv("PATH", path)
+		if got := saveRules(t); got != before {
+			t.Errorf("a refused Isolate changed the ruleset:\n%s\nwant:\n%s", got, before)
+		}
 	}
 
 	// No ip6tables on a host with IPv6: containment first.

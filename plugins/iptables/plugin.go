@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -25,9 +24,9 @@ const Name = "iptables"
 // Version is the plugin's version as Info reports it.
 const Version = "0.1.0"
 
-// DefaultLockWait is how long each iptables command waits for the xtables
-// lock that another program holds (iptables --wait), when Options.LockWait
-// is zero.
+// DefaultLockWait is how long each iptables or iptables-restore command
+// waits for the xtables lock that another program holds (--wait), when
+// Options.LockWait is zero.
 const DefaultLockWait = 10 * time.Second
 
 // Options configure a Plugin. The zero value is usable.
@@ -35,10 +34,11 @@ type Options struct {
 	// Logger receives the plugin's log lines; under go-plugin it writes to
 	// stderr, which the host reads. Nil discards them.
 	Logger hclog.Logger
-	// LockWait bounds how long each iptables command waits for the xtables
-	// lock held by another program, in whole seconds (rounded up); zero
-	// means DefaultLockWait. A command that waits longer fails with an
-	// error saying so.
+	// LockWait bounds how long each iptables or iptables-restore command
+	// waits for the xtables lock held by another program (iptables-legacy;
+	// iptables-nft takes none), in whole seconds (rounded up); zero means
+	// DefaultLockWait. A command that waits longer fails with an error
+	// saying so.
 	LockWait time.Duration
 }
 
@@ -49,13 +49,19 @@ type Options struct {
 // OUTPUT and FORWARD. It keeps no state of its own: everything it knows it
 // reads back from the kernel, so it finds its rules after a restart.
 //
-// It drives iptables(8) and ip6tables(8) through go-iptables, and cuts
-// established flows through the conntrack netlink interface (conntrack(8)).
-// Calls are serialised. It must run in the host's network namespace as root.
+// It reads the rules with iptables(8) and ip6tables(8) through go-iptables,
+// and changes them with iptables-restore(8) and ip6tables-restore, one
+// commit per family and call (see Isolate); it cuts established flows
+// through the conntrack netlink interface (conntrack(8)). It opens each
+// family's iptables once and keeps it while PATH still finds the same
+// commands. Calls are serialised. It must run in the host's network
+// namespace as root.
 type Plugin struct {
 	log  hclog.Logger
 	wait time.Duration
 	mu   sync.Mutex
+	// opened is each family's iptables kept between calls (openCached).
+	opened map[family]*xtables
 
 	// Operating-system boundaries; tests replace them.
 	open       func(family) (ipTables, error)
@@ -68,19 +74,46 @@ var _ firewall.Firewall = (*Plugin)(nil)
 
 // New returns a Plugin configured by o.
 func New(o Options) *Plugin {
-	p := &Plugin{log: o.Logger, wait: o.LockWait}
+	p := &Plugin{log: o.Logger, wait: o.LockWait, opened: map[family]*xtables{}}
 	if p.log == nil {
 		p.log = hclog.NewNullLogger()
 	}
 	if p.wait <= 0 {
 		p.wait = DefaultLockWait
 	}
-	p.open = func(f family) (ipTables, error) { return openIPTables(f, p.wait) }
+	p.open = p.openCached
 	p.flows = conntrackTable{}
 	p.hostIPv6 = hostIPv6Addr
 	p.localAddrs = flowcut.LocalAddrs
 	return p
 }
+
+// openCached returns family f's iptables, opened (openIPTables: a version
+// check and a listing of INPUT) on first use and kept while the commands are
+// still those PATH finds: every call looks them up again, a few stat calls,
+// so that iptables taken away or another one put first in PATH is noticed
+// at once. A call that fails forgets them all (forget), so that the next
+// one opens afresh.
+func (p *Plugin) openCached(f family) (ipTables, error) {
+	path, restore, err := commands(f)
+	if err != nil {
+		delete(p.opened, f)
+		return nil, err
+	}
+	if x := p.opened[f]; x != nil && x.path == path && x.restorePath == restore {
+		return x, nil
+	}
+	delete(p.opened, f)
+	x, err := openIPTables(f, p.wait)
+	if err != nil {
+		return nil, err
+	}
+	p.opened[f] = x
+	return x, nil
+}
+
+// forget drops the iptables kept open, after a call that failed.
+func (p *Plugin) forget() { clear(p.opened) }
 
 // backend is the iptables of each family in use.
 type backend struct {
@@ -100,15 +133,35 @@ func (b backend) families() []family {
 	return out
 }
 
-// readAll reads the live rules of every family in use.
-func (b backend) readAll() ([]liveFamily, error) {
-	var out []liveFamily
-	for _, t := range b.tabs {
-		lf, err := t.read()
-		if err != nil {
-			return nil, err
+// each runs fn for every family in use, at once when every family's
+// backend allows it (ipTables.Concurrent), and returns their errors in
+// family order.
+func (b backend) each(fn func(i int, t tab) error) []error {
+	errs := make([]error, len(b.tabs))
+	if slices.ContainsFunc(b.tabs, func(t tab) bool { return !t.ipt.Concurrent() }) {
+		for i, t := range b.tabs {
+			errs[i] = fn(i, t)
 		}
-		out = append(out, lf)
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, t := range b.tabs {
+		wg.Go(func() { errs[i] = fn(i, t) })
+	}
+	wg.Wait()
+	return errs
+}
+
+// readAll reads the live rules of every family in use, the families at
+// once.
+func (b backend) readAll() ([]liveFamily, error) {
+	out := make([]liveFamily, len(b.tabs))
+	errs := b.each(func(i int, t tab) (err error) {
+		out[i], err = t.read()
+		return err
+	})
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -170,12 +223,23 @@ func (p *Plugin) Info(_ context.Context) (firewall.Info, error) {
 // their address and port is let in only as part of such a connection
 // (conntrack ESTABLISHED), so whoever takes the controller's address cannot
 // open one to the host. ICMP errors that path-MTU discovery needs are let in
-// when they relate to a connection the rules allow. It builds the new
-// generation's chains complete, checks them, links them in at the top of
-// INPUT, OUTPUT and FORWARD, then unlinks and deletes any earlier
-// generation; on any error it undoes what it did, leaving an earlier
-// generation as it was. Isolating with the policy already in place changes
-// nothing and returns the same digest.
+// when they relate to a connection the rules allow.
+//
+// It reads what is in place (the whole filter table once per family, then
+// the chains it needs), then changes each family in one iptables-restore
+// --noflush, IPv4 first: one commit creates the new generation's chains
+// (or rebuilds those of a damaged one of the same name), fills them, puts
+// the jumps to them at the top of INPUT, OUTPUT and FORWARD, and removes
+// every other jump to a Cordon chain and every other Cordon chain. The
+// kernel applies a table's commit whole (iptables-nft: one nf_tables
+// transaction; iptables-legacy: one table replace), so a family is never
+// half changed, and a plugin killed mid-way leaves the family as it was.
+// It then reads the families' builtin chains and Cordon chains back and
+// checks that they are exactly the plan. If a restore fails, nothing of it
+// is applied; if a later family's restore or the check fails, every family
+// already changed is put back as it was read, again with one restore each.
+// Isolating with the policy already in place changes nothing and returns
+// the same digest.
 //
 // Once the rules are in place it deletes the conntrack entries of flows pol
 // does not allow and counts them in FlowsCut; a conntrack failure is logged,
@@ -184,8 +248,8 @@ func (p *Plugin) Info(_ context.Context) (firewall.Info, error) {
 // Applied.Rules are Cordon's rules as read back (see Status) and
 // Applied.Digest their SHA-256. Errors: firewall.ErrInvalidPolicy when pol
 // cannot be applied (it fails Validate, names no controller of an IP family
-// in use, or allows a /0); firewall.ErrUnavailable when iptables does not
-// work.
+// in use, or allows a /0); firewall.ErrUnavailable when iptables (or its
+// iptables-restore) does not work.
 //
 // When ip6tables does not work on a host that has IPv6, containment comes
 // first: Isolate isolates IPv4 as above, leaves those rules in place (fail
@@ -226,6 +290,7 @@ func (p *Plugin) Isolate(ctx context.Context, pol policy.Policy, orderID string)
 	pl := newPlan(eff, b.families(), generation(eff))
 	a, err := p.apply(ctx, pl, eff, b, log)
 	if err != nil {
+		p.forget()
 		return firewall.Applied{}, fmt.Errorf("isolate: %w", err)
 	}
 	log.Info("isolated", "generation", pl.gen, "digest", a.Digest, "rules", len(a.Rules), "flows_cut", a.FlowsCut,
@@ -249,12 +314,10 @@ func (p *Plugin) apply(ctx context.Context, pl plan, eff policy.Policy, b backen
 		log.Info("already isolated by this policy, nothing changed", "generation", pl.gen, "digest", d)
 		return firewall.Applied{Digest: d, Rules: lines}, nil
 	}
-	var j journal
-	final, err := swap(ctx, b, live, pl, &j)
+	final, err := swap(ctx, b, live, pl)
 	if err != nil {
-		if rerr := j.rollback(); rerr != nil {
-			log.Error("undoing a failed isolation failed: rules may be half-applied", "error", rerr)
-			err = errors.Join(err, fmt.Errorf("rollback: %w", rerr))
+		if errors.Is(err, errRollback) {
+			log.Error("putting back the rules after a failed isolation failed: a family may keep the new rules", "error", err)
 		}
 		log.Error("isolation failed", "generation", pl.gen, "error", err)
 		return firewall.Applied{}, err
@@ -265,148 +328,128 @@ func (p *Plugin) apply(ctx context.Context, pl plan, eff policy.Policy, b backen
 	return a, nil
 }
 
-// swap puts plan pl in place of whatever Cordon rules live describes,
-// recording how to undo each change in j, and returns the rules read back.
-func swap(ctx context.Context, b backend, live []liveFamily, pl plan, j *journal) ([]liveFamily, error) {
-	// 1. Move aside chains whose names the new generation needs: leftovers
-	// of this generation that are damaged or not linked right. Jumps follow
-	// a renamed chain, so what they enforce stays in force.
-	moved := false
+// errRollback marks the failure to put back what a failed isolation
+// changed.
+var errRollback = errors.New("rollback failed")
+
+// swap puts plan pl in place of whatever Cordon rules live describes, one
+// iptables-restore per family (restoreText), IPv4 first so that a filter
+// table the host did not have appears in a stable order, and returns the
+// rules read back. A family whose restore fails is left as it was, and the
+// next is not touched. The check reads only the builtin chains, the plan's
+// chains and, to see that they are gone, the chains removed. On any failure
+// it puts back every family it changed (putBack).
+func swap(ctx context.Context, b backend, live []liveFamily, pl plan) ([]liveFamily, error) {
+	want := make([]liveFamily, len(b.tabs))
+	changed := 0
+	var err error
 	for i, t := range b.tabs {
-		for _, c := range pl.chains[t.fam] {
-			if _, ok := live[i].chains[c.name]; !ok {
-				continue
-			}
-			stash := stashName(live[i], c.name)
-			if err := t.rename(c.name, stash); err != nil {
-				return nil, err
-			}
-			j.add("rename "+c.name, func() error { return t.rename(stash, c.name) })
-			live[i].chains[stash] = nil
-			moved = true
+		want[i] = pl.expected(t.fam)
+		var in string
+		if in, err = restoreText(live[i], want[i]); err != nil {
+			break
+		}
+		if err = ctx.Err(); err != nil {
+			break
+		}
+		if err = t.restore(in); err != nil {
+			break
+		}
+		changed = i + 1
+	}
+	var final []liveFamily
+	if err == nil {
+		final = make([]liveFamily, len(b.tabs))
+		errs := b.each(func(i int, t tab) (err error) {
+			final[i], err = t.readChains(want[i].sortedChains(), removed(live[i], want[i]))
+			return err
+		})
+		if err = errors.Join(errs...); err != nil {
+			err = fmt.Errorf("verify: %w", err)
+		} else {
+			err = verify(final, want, pl.gen)
 		}
 	}
-	if moved {
-		var err error
-		if live, err = b.readAll(); err != nil {
-			return nil, err
+	if err == nil {
+		return final, nil
+	}
+	if changed > 0 {
+		if rerr := putBack(b.tabs[:changed], live[:changed]); rerr != nil {
+			err = errors.Join(err, fmt.Errorf("%w: %w", errRollback, rerr))
 		}
 	}
-	// 2. Build the new chains complete, and check them, before linking.
-	for _, t := range b.tabs {
-		for _, c := range pl.chains[t.fam] {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			if err := t.newChain(c.name); err != nil {
-				return nil, err
-			}
-			j.add("create "+c.name, func() error { return errors.Join(t.flush(c.name), t.deleteChain(c.name)) })
-			for _, r := range c.rules {
-				if err := t.appendRule(r); err != nil {
-					return nil, err
-				}
-			}
-			got, err := t.rules(c.name)
-			if err != nil {
-				return nil, err
-			}
-			if !slices.Equal(got, c.rules) {
-				return nil, fmt.Errorf("%s: chain %s reads back differently from what was written:\nwrote:\n%s\nread:\n%s",
-					t.fam.command(), c.name, strings.Join(c.rules, "\n"), strings.Join(got, "\n"))
-			}
-		}
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	// 3. Link: a jump at the top of INPUT, OUTPUT and FORWARD.
-	for _, t := range b.tabs {
-		for _, c := range pl.chains[t.fam] {
-			jump := c.jump()
-			if err := t.insertRule(1, jump); err != nil {
-				return nil, err
-			}
-			j.add("link "+c.name, func() error { return t.deleteRule(jump) })
-		}
-	}
-	// 4. Unlink every other jump to a Cordon chain, bottom up so that the
-	// recorded positions stay right for the undo.
-	for i, t := range b.tabs {
-		for _, bi := range builtins {
-			rules, err := t.rules(bi)
-			if err != nil {
-				return nil, err
-			}
-			for k := len(rules) - 1; k >= 0; k-- {
-				r := rules[k]
-				if !strings.HasPrefix(ruleTarget(r), ChainPrefix) || (k == 0 && isJumpOf(pl.chains[t.fam], r)) {
-					continue
-				}
-				if err := t.deleteRule(r); err != nil {
-					return nil, err
-				}
-				pos := k + 1
-				j.add("unlink "+r, func() error { return t.insertRule(pos, r) })
-			}
-		}
-		// 5. Delete the old chains.
-		for _, c := range live[i].sortedChains() {
-			if isChainOf(pl.chains[t.fam], c) {
-				continue
-			}
-			rules, err := t.rules(c)
-			if err != nil {
-				return nil, err
-			}
-			if err := t.flush(c); err != nil {
-				return nil, err
-			}
-			j.add("flush "+c, func() error {
-				var errs []error
-				for _, r := range rules {
-					errs = append(errs, t.appendRule(r))
-				}
-				return errors.Join(errs...)
-			})
-			if err := t.deleteChain(c); err != nil {
-				return nil, err
-			}
-			j.add("delete "+c, func() error { return t.newChain(c) })
-		}
-	}
-	// 6. Read everything back and check it is exactly the plan.
-	final, err := b.readAll()
-	if err != nil {
-		return nil, fmt.Errorf("verify: %w", err)
-	}
-	ev := evaluate(final)
-	var want []liveFamily
-	for _, f := range pl.fams {
-		want = append(want, pl.expected(f))
-	}
-	if ev.gen != pl.gen || len(ev.problems) > 0 || !slices.Equal(ruleLines(final), ruleLines(want)) {
-		return nil, fmt.Errorf("verify: rules read back are not the ones written: %s", strings.Join(ev.problems, "; "))
-	}
-	return final, nil
+	return nil, err
 }
 
-// stashName returns a free name to move chain c aside to.
-func stashName(lf liveFamily, c string) string {
-	for n := 1; ; n++ {
-		s := c + "-X" + strconv.Itoa(n)
-		if _, ok := lf.chains[s]; !ok {
-			return s
+// verify checks that the rules read back, got, are exactly the plan's,
+// want, of generation gen.
+func verify(got, want []liveFamily, gen string) error {
+	ev := evaluate(got)
+	g, w := ruleLines(got), ruleLines(want)
+	if ev.gen == gen && len(ev.problems) == 0 && slices.Equal(g, w) {
+		return nil
+	}
+	problems := append(ev.problems, diffLines(g, w)...)
+	return fmt.Errorf("verify: rules read back are not the ones written: %s", strings.Join(problems, "; "))
+}
+
+// diffLines describes how the lines got differ from want: each missing,
+// each extra, or their order.
+func diffLines(got, want []string) []string {
+	var out []string
+	for _, l := range want {
+		if !slices.Contains(got, l) {
+			out = append(out, fmt.Sprintf("%q missing", l))
 		}
 	}
+	for _, l := range got {
+		if !slices.Contains(want, l) {
+			out = append(out, fmt.Sprintf("%q not expected", l))
+		}
+	}
+	if len(out) == 0 && !slices.Equal(got, want) {
+		out = append(out, "rules out of order or repeated")
+	}
+	return out
 }
 
-func isJumpOf(cs []chainPlan, rule string) bool {
-	return slices.ContainsFunc(cs, func(c chainPlan) bool { return c.jump() == rule })
+// putBack returns each family of tabs to the state live describes: it reads
+// what is there now, replaces Cordon's part of it in one iptables-restore
+// (the jumps go back where they were), and checks that it reads back as
+// live did.
+func putBack(tabs []tab, live []liveFamily) error {
+	var errs []error
+	for i, t := range tabs {
+		now, err := t.read()
+		var in string
+		if err == nil {
+			in, err = restoreText(now, live[i])
+		}
+		if err == nil {
+			err = t.restore(in)
+		}
+		var after liveFamily
+		if err == nil {
+			after, err = t.read()
+		}
+		if err == nil {
+			if d := diffLines(stateLines(after), stateLines(live[i])); len(d) > 0 {
+				err = fmt.Errorf("%s: the rules put back read back differently: %s", t.fam.command(), strings.Join(d, "; "))
+			}
+		}
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
 }
 
-func isChainOf(cs []chainPlan, name string) bool {
-	return slices.ContainsFunc(cs, func(c chainPlan) bool { return c.name == name })
+// stateLines returns lf's Cordon chains (ruleLines) and every rule of
+// INPUT, OUTPUT and FORWARD, in order.
+func stateLines(lf liveFamily) []string {
+	out := ruleLines([]liveFamily{lf})
+	for _, bi := range builtins {
+		out = append(out, lf.builtins[bi]...)
+	}
+	return out
 }
 
 // cutFlows deletes the conntrack entries of flows eff does not allow, in each
@@ -429,11 +472,16 @@ func (p *Plugin) cutFlows(eff policy.Policy, b backend, log hclog.Logger) uint64
 // Release removes every jump to a Cordon chain from INPUT, OUTPUT and
 // FORWARD, and every chain of the filter table whose name starts with
 // ChainPrefix, in each family, and nothing else: remnants of a crashed
-// Isolate included. It returns how many rules and chains it removed (each
-// jump, each rule of a removed chain, each chain) and succeeds when there was
-// nothing to remove. On an error it still removes what it can and returns
-// the errors joined. When ip6tables does not work it removes the IPv4 rules
-// and logs that IPv6 could not be checked.
+// Isolate included. Each family goes in one iptables-restore (one commit),
+// after which the builtin chains and the removed chains are checked. When
+// that commit fails, for instance because another program's chain jumps to
+// a Cordon chain so that it cannot be deleted, it falls back on removing
+// the pieces one at a time with go-iptables, so that it still removes what
+// it can. It returns how many rules and chains it removed (each jump, each
+// rule of a removed chain, each chain) and succeeds when there was nothing
+// to remove. On an error it returns the errors joined. When ip6tables does
+// not work it removes the IPv4 rules and logs that IPv6 could not be
+// checked.
 func (p *Plugin) Release(_ context.Context, orderID string) (int, error) {
 	log := p.log.With("order_id", orderID)
 	p.mu.Lock()
@@ -445,24 +493,81 @@ func (p *Plugin) Release(_ context.Context, orderID string) (int, error) {
 	if b.v6err != nil {
 		log.Warn("IPv6 rules cannot be checked", "error", b.v6err)
 	}
-	removed := 0
-	var errs []error
-	for _, t := range b.tabs {
-		n, err := releaseFamily(t)
-		removed += n
-		errs = append(errs, err)
+	live := make([]liveFamily, len(b.tabs))
+	errs := b.each(func(i int, t tab) (err error) {
+		live[i], err = t.read()
+		return err
+	})
+	// One commit per family, one family after the other.
+	counts := make([]int, len(b.tabs))
+	restored := make([]bool, len(b.tabs))
+	for i, t := range b.tabs {
+		if errs[i] != nil || len(ruleLines(live[i:i+1])) == 0 {
+			continue
+		}
+		in, err := restoreText(live[i], liveFamily{fam: t.fam})
+		if err == nil {
+			err = t.restore(in)
+		}
+		if err == nil {
+			counts[i], restored[i] = removedCount(live[i]), true
+			continue
+		}
+		if errors.Is(err, errLockHeld) {
+			errs[i] = err
+			continue
+		}
+		log.Warn("removing the rules in one commit failed; removing them one at a time", "family", t.fam.String(), "error", err)
+		counts[i], errs[i] = releaseOneByOne(t)
+		if errs[i] != nil {
+			errs[i] = errors.Join(err, errs[i])
+		}
 	}
-	if err := errors.Join(errs...); err != nil {
-		log.Error("release failed", "removed", removed, "error", err)
-		return removed, fmt.Errorf("release: %w", err)
+	// Check the families done in one commit.
+	checked := b.each(func(i int, t tab) error {
+		if !restored[i] {
+			return nil
+		}
+		after, err := t.readChains(nil, removed(live[i], liveFamily{}))
+		if err != nil {
+			return err
+		}
+		if left := ruleLines([]liveFamily{after}); len(left) > 0 {
+			return fmt.Errorf("%s: rules left after release: %s", t.fam.command(), strings.Join(left, "; "))
+		}
+		return nil
+	})
+	n := 0
+	for _, c := range counts {
+		n += c
 	}
-	log.Info("released", "removed", removed)
-	return removed, nil
+	if err := errors.Join(append(errs, checked...)...); err != nil {
+		p.forget()
+		log.Error("release failed", "removed", n, "error", err)
+		return n, fmt.Errorf("release: %w", err)
+	}
+	log.Info("released", "removed", n)
+	return n, nil
 }
 
-// releaseFamily removes Cordon's jumps and chains from one family and checks
-// that none is left.
-func releaseFamily(t tab) (int, error) {
+// removedCount is what Release counts for removing lf's Cordon rules: each
+// jump, each rule of a Cordon chain and each chain.
+func removedCount(lf liveFamily) int {
+	n := 0
+	for _, bi := range builtins {
+		js, _ := lf.jumps(bi)
+		n += len(js)
+	}
+	for _, rules := range lf.chains {
+		n += len(rules) + 1
+	}
+	return n
+}
+
+// releaseOneByOne removes Cordon's jumps and chains from one family a
+// change at a time, going on past what fails, and checks that none is
+// left.
+func releaseOneByOne(t tab) (int, error) {
 	lf, err := t.read()
 	if err != nil {
 		return 0, err
@@ -530,6 +635,7 @@ func (p *Plugin) Status(_ context.Context) (firewall.Status, error) {
 	}
 	live, err := b.readAll()
 	if err != nil {
+		p.forget()
 		return firewall.Status{}, fmt.Errorf("status: read rules: %w", err)
 	}
 	ev := evaluate(live)

@@ -313,15 +313,12 @@ func (r refuseTables) fail() error { r.t.Error("iptables used"); return errors.N
 
 func (r refuseTables) List(string, string) ([]string, error)    { return nil, r.fail() }
 func (r refuseTables) ListChains(string) ([]string, error)      { return nil, r.fail() }
-func (r refuseTables) NewChain(string, string) error            { return r.fail() }
+func (r refuseTables) ChainExists(string, string) (bool, error) { return false, r.fail() }
 func (r refuseTables) ClearChain(string, string) error          { return r.fail() }
 func (r refuseTables) DeleteChain(string, string) error         { return r.fail() }
-func (r refuseTables) RenameChain(string, string, string) error { return r.fail() }
-func (r refuseTables) Append(string, string, ...string) error   { return r.fail() }
-func (r refuseTables) Insert(string, string, int, ...string) error {
-	return r.fail()
-}
-func (r refuseTables) Delete(string, string, ...string) error { return r.fail() }
+func (r refuseTables) Delete(string, string, ...string) error   { return r.fail() }
+func (r refuseTables) Restore(string) error                     { return r.fail() }
+func (r refuseTables) Concurrent() bool                         { return false }
 
 func TestIsolateRejectsBadPolicyFirst(t *testing.T) {
 	p := New(Options{})
@@ -414,34 +411,104 @@ func TestIsolateIPv6OnlyControllersWithoutIP6tables(t *testing.T) {
 	}
 }
 
-// TestLockWait checks that each iptables command is told to wait a bounded
-// time for the xtables lock: it points go-iptables at a script that records
-// its arguments instead of running iptables.
+// TestLockWait checks that each iptables and iptables-restore command is
+// told to wait a bounded time for the xtables lock: it points the plugin at
+// scripts that record their arguments instead of running iptables.
 func TestLockWait(t *testing.T) {
 	dir := t.TempDir()
 	argsFile := filepath.Join(dir, "args")
 	script := "#!/bin/sh\n" +
 		"if [ \"$1\" = --version ]; then echo 'iptables v1.8.9 (nf_tables)'; exit 0; fi\n" +
-		"echo \"$@\" >> " + argsFile + "\n" +
+		"echo \"$0 $@\" >> " + argsFile + "\n" +
 		"echo 'Another app is currently holding the xtables lock. Stopped waiting after 3s.' >&2\n" +
 		"exit 4\n"
-	fake := filepath.Join(dir, "iptables")
-	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
-		t.Fatal(err)
+	for _, name := range []string{"iptables", "iptables-restore"} {
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
 	t.Setenv("PATH", dir)
 	_, err := openIPTables(ipv4, 2500*time.Millisecond)
 	if err == nil {
 		t.Fatal("no error from a held lock")
 	}
+	if !strings.Contains(err.Error(), "xtables lock held by another program for more than 2.5s") || !errors.Is(err, errLockHeld) {
+		t.Errorf("error %q does not say the lock was held too long", err)
+	}
+	// The restore, as opened for a working iptables.
+	path, restore, err := commands(ipv4)
+	if err != nil || restore != filepath.Join(dir, "iptables-restore") {
+		t.Fatalf("commands = %q, %q, %v", path, restore, err)
+	}
+	x := &xtables{path: path, restorePath: restore, wait: 3, restoreWait: true}
+	err = tab{fam: ipv4, ipt: x, wait: 2500 * time.Millisecond}.restore("*filter\nCOMMIT\n")
+	if !errors.Is(err, errLockHeld) || !strings.Contains(err.Error(), "xtables lock held by another program for more than 2.5s") {
+		t.Errorf("restore error %q does not say the lock was held too long", err)
+	}
 	args, rerr := os.ReadFile(argsFile)
 	if rerr != nil {
 		t.Fatal(rerr)
 	}
-	if !strings.Contains(string(args), "--wait 3") {
-		t.Errorf("iptables ran with %q, want --wait 3", args)
+	lines := strings.Split(strings.TrimSpace(string(args)), "\n")
+	if len(lines) != 2 || !strings.HasSuffix(lines[0], "/iptables -t filter -S INPUT --wait 3") ||
+		!strings.HasSuffix(lines[1], "/iptables-restore --noflush --wait 3") {
+		t.Errorf("commands ran as %q, want iptables -S INPUT and iptables-restore --noflush, each with --wait 3", lines)
 	}
-	if !strings.Contains(err.Error(), "xtables lock held by another program for more than 2.5s") {
-		t.Errorf("error %q does not say the lock was held too long", err)
+}
+
+// TestOpenCached checks that iptables is opened once (its version and a
+// listing of INPUT, which the fake logs) and kept while PATH finds the same
+// commands, and that it is noticed at once when iptables or
+// iptables-restore goes away, or another comes first in PATH.
+func TestOpenCached(t *testing.T) {
+	dir, other := t.TempDir(), t.TempDir()
+	log := filepath.Join(dir, "log")
+	script := "#!/bin/sh\n" +
+		"if [ \"$1\" = --version ]; then echo 'iptables v1.8.9 (nf_tables)'; exit 0; fi\n" +
+		"case \" $* \" in *\" -S INPUT \"*) echo \"$0\" >> " + log + ";; esac\n" +
+		"exit 0\n"
+	for _, d := range []string{dir, other} {
+		for _, name := range []string{"iptables", "iptables-restore"} {
+			if err := os.WriteFile(filepath.Join(d, name), []byte(script), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	opened := func() []string {
+		t.Helper()
+		b, _ := os.ReadFile(log)
+		return strings.Fields(string(b))
+	}
+	p := New(Options{})
+	p.hostIPv6 = func() (string, error) { return "", nil }
+	t.Setenv("PATH", dir)
+	for range 3 {
+		if b, err := p.backend(); err != nil || len(b.tabs) != 1 {
+			t.Fatalf("backend: %d families, %v", len(b.tabs), err)
+		}
+	}
+	if got := opened(); len(got) != 1 {
+		t.Errorf("iptables opened %d times for three calls, want once: %q", len(got), got)
+	}
+	if err := os.Remove(filepath.Join(dir, "iptables-restore")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.backend(); !errors.Is(err, firewall.ErrUnavailable) || !strings.Contains(err.Error(), "iptables-restore") {
+		t.Errorf("backend without iptables-restore: %v, want ErrUnavailable naming it", err)
+	}
+	t.Setenv("PATH", other+":"+dir)
+	if _, err := p.backend(); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", "")
+	if _, err := p.backend(); !errors.Is(err, firewall.ErrUnavailable) {
+		t.Errorf("backend without iptables: %v, want ErrUnavailable", err)
+	}
+	t.Setenv("PATH", other)
+	if _, err := p.backend(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := opened(), []string{filepath.Join(dir, "iptables"), filepath.Join(other, "iptables"), filepath.Join(other, "iptables")}; !slices.Equal(got, want) {
+		t.Errorf("iptables opened as %q, want %q", got, want)
 	}
 }
