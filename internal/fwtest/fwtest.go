@@ -30,13 +30,18 @@
 package fwtest
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,6 +61,10 @@ type Plugin struct {
 	// must equal what the function returns, exactly. Setups not named here
 	// must come back exactly as they were.
 	AfterRelease map[string]func(before Dump) Dump
+	// Resets says the plugin answers a local program that writes on a
+	// connection isolation cut with a TCP reset (ECONNRESET at once);
+	// without it, the write must merely get nothing back.
+	Resets bool
 }
 
 // Environment of the test copies inside the host namespace.
@@ -138,6 +147,10 @@ func runInHost(t *testing.T, s setup, p Plugin) {
 		t.Fatalf("setup %s does not let the lab's traffic through before isolation: the matrix would prove nothing", s.name)
 	}
 
+	// Connections the host opened before isolation, IPv4 and IPv6, to a
+	// service outside the policy.
+	held := holdConnections(t, outsideV4, outsideV6)
+
 	fw := p.New(t)
 	timed("Isolate", func() {
 		a, err := fw.Isolate(ctx, Policy(), "fwtest-"+s.name)
@@ -153,6 +166,7 @@ func runInHost(t *testing.T, s setup, p Plugin) {
 	// neighbour discovery through the isolation rules.
 	flushNeighbours(t, ns)
 	timed("probes while isolated", func() { checkReach(t, "isolated", agents, isolatedProbes(s)) })
+	timed("held connections", func() { checkHeld(t, held, p.Resets) })
 
 	timed("Release", func() {
 		if n, err := fw.Release(ctx, "fwtest-"+s.name); err != nil || n == 0 {
@@ -231,4 +245,55 @@ func runInput(input string, args ...string) error {
 		return fmt.Errorf("%s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 	}
 	return nil
+}
+
+// heldConn is a TCP connection the host opened before isolation.
+type heldConn struct {
+	to netip.AddrPort
+	c  net.Conn
+	r  *bufio.Reader
+}
+
+// holdConnections opens, from the host, a connection to the echo service
+// of each address and checks it echoes.
+func holdConnections(t *testing.T, addrs ...netip.Addr) []heldConn {
+	t.Helper()
+	var out []heldConn
+	for _, a := range addrs {
+		to := netip.AddrPortFrom(a, servicePort)
+		c, err := net.DialTimeout("tcp", to.String(), probeTimeout)
+		if err != nil {
+			t.Fatalf("connection to %s before isolation: %v", to, err)
+		}
+		t.Cleanup(func() { c.Close() })
+		h := heldConn{to: to, c: c, r: bufio.NewReader(c)}
+		c.SetDeadline(time.Now().Add(probeTimeout))
+		if _, err := fmt.Fprintln(c, "before"); err != nil {
+			t.Fatalf("connection to %s before isolation: %v", to, err)
+		}
+		if line, err := h.r.ReadString('\n'); err != nil || line != "before\n" {
+			t.Fatalf("connection to %s before isolation: %q, %v", to, line, err)
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// checkHeld writes on each held connection: nothing may come back, and a
+// plugin with resets must end it at once (ECONNRESET on the write or the
+// read that follows).
+func checkHeld(t *testing.T, held []heldConn, resets bool) {
+	t.Helper()
+	for _, h := range held {
+		h.c.SetDeadline(time.Now().Add(probeTimeout))
+		_, werr := fmt.Fprintln(h.c, "after")
+		line, rerr := h.r.ReadString('\n')
+		reset := errors.Is(werr, syscall.ECONNRESET) || errors.Is(rerr, syscall.ECONNRESET)
+		switch {
+		case rerr == nil:
+			t.Errorf("connection to %s opened before isolation still carries data: %q", h.to, line)
+		case resets && !reset:
+			t.Errorf("connection to %s opened before isolation: write %v, read %v; want a reset", h.to, werr, rerr)
+		}
+	}
 }

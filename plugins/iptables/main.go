@@ -17,6 +17,7 @@
 //	-A CORDON-OUT-GEN -o lo -j ACCEPT
 //	-A CORDON-OUT-GEN -d 198.18.0.1/32 -p tcp -m tcp --dport 7443 -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT
 //	-A CORDON-OUT-GEN -d 198.18.0.4/30 -j ACCEPT
+//	-A CORDON-OUT-GEN -p tcp -m tcp --tcp-flags SYN,RST NONE -j REJECT --reject-with tcp-reset
 //	-A CORDON-OUT-GEN -j DROP
 //	-N CORDON-FWD-GEN
 //	-A CORDON-FWD-GEN -s 198.18.0.4/30 -j ACCEPT
@@ -34,6 +35,14 @@
 //
 // What the rules mean:
 //
+//   - The REJECT rule last in OUT answers a local program that writes on a
+//     connection isolation cut with a TCP reset over loopback (ECONNRESET
+//     at once); remote peers get nothing (resetOut).
+//   - A policy that keeps DNS adds, per resolver, UDP and TCP to its port
+//     53 in OUT and their replies (ESTABLISHED) in IN; one that keeps DHCP
+//     adds DHCPv4 68 to 67 out and its replies in, DHCPv6 546 to 547 out to
+//     ff02::1:2 or link-local and 547 to 546 in from link-local. These
+//     rules carry a comment match (cordon-dns, cordon-dhcp).
 //   - The agent always dials out to the controller, so its address and
 //     port are let in only as part of a connection the host opened (conntrack
 //     ESTABLISHED): whoever takes the controller's address on the LAN cannot

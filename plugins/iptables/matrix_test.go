@@ -11,7 +11,8 @@ import (
 // plugin: every starting ruleset, isolate, probe, release, compare dumps.
 func TestMatrix(t *testing.T) {
 	fwtest.Run(t, fwtest.Plugin{
-		New: func(t *testing.T) firewall.Firewall { return nsPlugin(t) },
+		New:    func(t *testing.T) firewall.Firewall { return nsPlugin(t) },
+		Resets: true,
 		AfterRelease: map[string]func(fwtest.Dump) fwtest.Dump{
 			fwtest.SetupEmpty:     plusEmptyFilterTables,
 			fwtest.SetupFirewalld: plusEmptyFilterTables,

@@ -42,6 +42,7 @@ func TestRestoreText(t *testing.T) {
 -A CORDON-IN-bbbbbbbb -j DROP
 -A CORDON-OUT-bbbbbbbb -o lo -j ACCEPT
 -A CORDON-OUT-bbbbbbbb -d 198.18.0.1/32 -p tcp -m tcp --dport 7443 -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT
+-A CORDON-OUT-bbbbbbbb -p tcp -m tcp --tcp-flags SYN,RST NONE -j REJECT --reject-with tcp-reset
 -A CORDON-OUT-bbbbbbbb -j DROP
 -A CORDON-FWD-bbbbbbbb -j DROP
 -D INPUT -j CORDON-IN-aaaaaaaa

@@ -25,8 +25,9 @@ const ChainPrefix = "CORDON-"
 // same policy swaps generations instead of taking the old rules as its own.
 //
 // Layout 2 made the controller rules stateful (IN accepts only replies of
-// connections the host opened) and added the path-MTU ICMP rule.
-const Layout = "cordon-iptables/2"
+// connections the host opened) and added the path-MTU ICMP rule; layout 3
+// added the reset rule at the end of OUT (resetOut).
+const Layout = "cordon-iptables/3"
 
 // filterTable is the only table the plugin touches.
 const filterTable = "filter"
@@ -279,8 +280,13 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 				add("-s %s -p %s -m %s --sport 53 -m conntrack --ctstate ESTABLISHED -m comment --comment %s -j ACCEPT", hostPrefix(a), p, p, commentDNS)
 			}
 		}
-		if eff.DHCP {
-			add("-p udp -m udp --sport %d --dport %d -m comment --comment %s -j ACCEPT", server, client, commentDHCP)
+		// DHCP replies: for IPv4 only as replies to the client's own
+		// requests (conntrack); for IPv6 from link-local servers and relays.
+		if eff.DHCP && f == ipv4 {
+			add("-p udp -m udp --sport %d --dport %d -m conntrack --ctstate ESTABLISHED -m comment --comment %s -j ACCEPT", server, client, commentDHCP)
+		}
+		if eff.DHCP && f == ipv6 {
+			add("-s fe80::/10 -p udp -m udp --sport %d --dport %d -m comment --comment %s -j ACCEPT", server, client, commentDHCP)
 		}
 	case "OUT":
 		add("-o lo -j ACCEPT")
@@ -295,8 +301,16 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 				add("-d %s -p %s -m %s --dport 53 -m conntrack --ctstate NEW,ESTABLISHED -m comment --comment %s -j ACCEPT", hostPrefix(a), p, p, commentDNS)
 			}
 		}
-		if eff.DHCP {
+		// DHCP requests: DHCPv4 to any address (a renewal goes to the
+		// server's own); DHCPv6 to ff02::1:2 (All_DHCP_Relay_Agents_and_
+		// Servers) or a link-local address.
+		if eff.DHCP && f == ipv4 {
 			add("-p udp -m udp --sport %d --dport %d -m comment --comment %s -j ACCEPT", client, server, commentDHCP)
+		}
+		if eff.DHCP && f == ipv6 {
+			for _, d := range []string{"ff02::1:2/128", "fe80::/10"} {
+				add("-d %s -p udp -m udp --sport %d --dport %d -m comment --comment %s -j ACCEPT", d, client, server, commentDHCP)
+			}
 		}
 	case "FWD":
 		for _, a := range allow {
@@ -309,9 +323,22 @@ func chainRules(f family, short, name string, eff policy.Policy) []string {
 			add("-p ipv6-icmp -m icmp6 --icmpv6-type %d -m hl --hl-eq 255 -j ACCEPT", t)
 		}
 	}
+	if short == "OUT" {
+		addSpec(resetOut)
+	}
 	add("-j DROP")
 	return r
 }
+
+// resetOut, last before the drop in OUT, answers a segment that a local
+// process sends on a TCP connection the policy does not allow (neither
+// SYN nor RST set: the middle of a stream) with a TCP reset to that
+// process (iptables-extensions(8) REJECT --reject-with tcp-reset; the
+// reset comes back over loopback, which IN accepts): a program whose
+// connection isolation cut gets ECONNRESET at once instead of retrying
+// for minutes. Remote peers get no reset: that would be a packet out of
+// an isolated host.
+const resetOut = "-p tcp -m tcp --tcp-flags SYN,RST NONE -j REJECT --reject-with tcp-reset"
 
 // ctrlIn is the IN rule for controller endpoint e: TCP from its address and
 // port, only when conntrack counts the packet ESTABLISHED. The agent always

@@ -42,6 +42,7 @@ iptables -N CORDON-OUT-GEN
 iptables -A CORDON-OUT-GEN -o lo -j ACCEPT
 iptables -A CORDON-OUT-GEN -d 198.18.0.1/32 -p tcp -m tcp --dport 7443 -m conntrack --ctstate NEW,ESTABLISHED -j ACCEPT
 iptables -A CORDON-OUT-GEN -d 198.18.0.4/30 -j ACCEPT
+iptables -A CORDON-OUT-GEN -p tcp -m tcp --tcp-flags SYN,RST NONE -j REJECT --reject-with tcp-reset
 iptables -A CORDON-OUT-GEN -j DROP
 iptables -N CORDON-FWD-GEN
 iptables -A CORDON-FWD-GEN -s 198.18.0.4/30 -j ACCEPT
@@ -68,6 +69,7 @@ ip6tables -A CORDON-OUT-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m hl --hl-e
 ip6tables -A CORDON-OUT-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 134 -m hl --hl-eq 255 -j ACCEPT
 ip6tables -A CORDON-OUT-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j ACCEPT
 ip6tables -A CORDON-OUT-GEN -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j ACCEPT
+ip6tables -A CORDON-OUT-GEN -p tcp -m tcp --tcp-flags SYN,RST NONE -j REJECT --reject-with tcp-reset
 ip6tables -A CORDON-OUT-GEN -j DROP
 ip6tables -N CORDON-FWD-GEN
 ip6tables -A CORDON-FWD-GEN -s fd00:c0de::4/126 -j ACCEPT

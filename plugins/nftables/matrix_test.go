@@ -13,6 +13,7 @@ import (
 // release is the one before, exactly.
 func TestMatrix(t *testing.T) {
 	fwtest.Run(t, fwtest.Plugin{
-		New: func(t *testing.T) firewall.Firewall { return newTestPlugin(t) },
+		New:    func(t *testing.T) firewall.Firewall { return newTestPlugin(t) },
+		Resets: true,
 	})
 }
