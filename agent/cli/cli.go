@@ -154,13 +154,8 @@ the command line override the file.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if configFile != "" {
-				fileCfg := defaults()
-				if err := LoadFile(configFile, &fileCfg); err != nil {
-					return err
-				}
-				applyFlags(cmd.Flags(), &fileCfg, &cfg)
-				cfg = fileCfg
+			if err := withConfigFile(cmd, configFile, &cfg); err != nil {
+				return err
 			}
 			return run(cmd.Context(), cfg, errw)
 		},
@@ -209,6 +204,21 @@ the command line override the file.`,
 		},
 	})
 	return cmd
+}
+
+// withConfigFile, when configFile is set, makes cfg the file's settings
+// with the flags set on cmd's command line over them.
+func withConfigFile(cmd *cobra.Command, configFile string, cfg *Config) error {
+	if configFile == "" {
+		return nil
+	}
+	fileCfg := defaults()
+	if err := LoadFile(configFile, &fileCfg); err != nil {
+		return err
+	}
+	applyFlags(cmd.Flags(), &fileCfg, cfg)
+	*cfg = fileCfg
+	return nil
 }
 
 // applyFlags copies the flags set on the command line from flagCfg over

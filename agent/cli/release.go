@@ -65,13 +65,8 @@ again it isolates the host again unless an operator releases it there
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if configFile != "" {
-				fileCfg := defaults()
-				if err := LoadFile(configFile, &fileCfg); err != nil {
-					return err
-				}
-				applyFlags(cmd.Flags(), &fileCfg, &cfg)
-				cfg = fileCfg
+			if err := withConfigFile(cmd, configFile, &cfg); err != nil {
+				return err
 			}
 			if !local {
 				return usageError{errors.New("--local is required: this releases the host without the controller")}

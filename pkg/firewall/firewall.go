@@ -12,6 +12,8 @@ package firewall
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 
 	"github.com/cordon-ir/cordon/pkg/policy"
@@ -94,3 +96,18 @@ var (
 	// should keep checking and putting them back (drift repair).
 	ErrRulesChanged = errors.New("rules changed by something else while they were applied")
 )
+
+// DigestLines returns "sha256:" and the hex SHA-256 of a plugin's rule
+// lines, each ended by "\n" ("" when there are none): the digest of
+// Applied and Status.
+func DigestLines(lines []string) string {
+	if len(lines) == 0 {
+		return ""
+	}
+	h := sha256.New()
+	for _, l := range lines {
+		h.Write([]byte(l))
+		h.Write([]byte{'\n'})
+	}
+	return "sha256:" + hex.EncodeToString(h.Sum(nil))
+}

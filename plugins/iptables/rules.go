@@ -12,6 +12,7 @@ import (
 
 	"github.com/coreos/go-iptables/iptables"
 
+	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/policy"
 )
 
@@ -442,19 +443,8 @@ func ruleLines(fams []liveFamily) []string {
 	return out
 }
 
-// digestLines returns "sha256:" and the hex SHA-256 of lines, each ended by
-// "\n"; "" when there are none.
-func digestLines(lines []string) string {
-	if len(lines) == 0 {
-		return ""
-	}
-	h := sha256.New()
-	for _, l := range lines {
-		h.Write([]byte(l))
-		h.Write([]byte{'\n'})
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
-}
+// digestLines is firewall.DigestLines.
+func digestLines(lines []string) string { return firewall.DigestLines(lines) }
 
 // ruleTarget returns the chain or target a rule line jumps (-j) or goes (-g)
 // to, or "".

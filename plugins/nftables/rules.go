@@ -1,9 +1,7 @@
 package main
 
 import (
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -14,6 +12,7 @@ import (
 	"github.com/google/nftables/expr"
 	"golang.org/x/sys/unix"
 
+	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/policy"
 )
 
@@ -443,19 +442,8 @@ func (pl plan) lines() []string {
 	return out
 }
 
-// digestLines returns "sha256:" and the hex SHA-256 of lines, each ended by
-// "\n"; "" when there are none.
-func digestLines(lines []string) string {
-	if len(lines) == 0 {
-		return ""
-	}
-	h := sha256.New()
-	for _, l := range lines {
-		h.Write([]byte(l))
-		h.Write([]byte{'\n'})
-	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil))
-}
+// digestLines is firewall.DigestLines.
+func digestLines(lines []string) string { return firewall.DigestLines(lines) }
 
 // reconstruct reads back the policy that the rules in place name by their
 // roles and texts: controller endpoints from controller rules, allowlist
