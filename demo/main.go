@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -25,7 +26,7 @@ import (
 )
 
 func main() {
-	bin := flag.String("bin", "bin", "directory with cordon, cordon-agent and cordon-plugin-iptables")
+	bin := flag.String("bin", "bin", "directory with cordon, cordon-agent and the firewall plugins ('make build' puts them in bin)")
 	flag.Parse()
 	if err := netlab.Available(); err != nil {
 		fmt.Fprintf(os.Stderr, "demo: %v: run it as root ('sudo make demo'); it only touches namespaces it makes\n", err)
@@ -143,9 +144,12 @@ func run(bin string) error {
 		return err
 	}
 	for name, pkg := range stage.Binaries {
-		if name == "netprobe" {
+		if name == "cordon-plugin-leaky" {
+			continue // for tests only
+		}
+		if !stage.Built(name) {
 			if out, err := exec.Command("go", "build", "-o", filepath.Join(demoBin, name), pkg).CombinedOutput(); err != nil {
-				return fmt.Errorf("build netprobe: %v\n%s", err, out)
+				return fmt.Errorf("build %s: %v\n%s", name, err, out)
 			}
 			continue
 		}
@@ -215,7 +219,7 @@ func (d *demo) play() error {
 	if err := stage.Restore(s.Host, "ip6tables-restore", stage.HostRulesV6); err != nil {
 		return err
 	}
-	before, err := stage.Rules(s.Host)
+	before, err := allRules(s)
 	if err != nil {
 		return err
 	}
@@ -232,9 +236,10 @@ func (d *demo) play() error {
 	fmt.Printf("   an attacker's session from outside is open: %s -> %s:8080\n", held.Local, stage.HostV4)
 
 	d.step("The agent starts on pay-db-01 and enrolls with the one-time token")
-	fmt.Printf("   # cordon-agent --controller %s --controller-fingerprint %s --enroll-token %s --name %s --plugin iptables\n",
+	fmt.Printf("   # cordon-agent --controller %s --controller-fingerprint %s --enroll-token %s --name %s\n",
 		s.CtlAddr, s.Fingerprint, s.Token, stage.HostName)
-	if err := s.StartAgent(stage.AgentOptions{Token: s.Token}); err != nil {
+	fmt.Println("   (--plugin auto, the default: the agent picks the firewall plugin from what the host uses, and says why)")
+	if err := s.StartAgent(stage.AgentOptions{Token: s.Token, Plugin: "auto"}); err != nil {
 		return err
 	}
 	if err := s.WaitOnline(20 * time.Second); err != nil {
@@ -283,6 +288,12 @@ func (d *demo) play() error {
 		return fmt.Errorf("controller does not see pay-db-01 online and isolated: %v %+v", err, hosts)
 	}
 	fmt.Println("   -> pay-db-01 is online and isolated")
+	cordonTable, err := s.Host.Output("nft", "list", "table", "inet", "cordon")
+	if err != nil {
+		return fmt.Errorf("Cordon's table: %w", err)
+	}
+	fmt.Println("   Cordon's rules on pay-db-01 (nft list table inet cordon), one table of its own:")
+	indent(cordonTable)
 
 	d.step("The forensic team lists, downloads and verifies the evidence, with the controller's signed receipt")
 	out, err = d.cordon("snapshots", "--host", stage.HostName, "-o", "json")
@@ -317,14 +328,14 @@ func (d *demo) play() error {
 	if _, err := d.cordon("release", "host", stage.HostName, "--reason", "host imaged, credentials rotated", "--wait"); err != nil {
 		return err
 	}
-	after, err := stage.Rules(s.Host)
+	after, err := allRules(s)
 	if err != nil {
 		return err
 	}
 	if after != before {
 		return fmt.Errorf("rules after release differ from before:\n%s\n---\n%s", before, after)
 	}
-	fmt.Println("   iptables-save and ip6tables-save are identical to before isolation")
+	fmt.Println("   iptables-save, ip6tables-save and nft list ruleset are identical to before isolation")
 	if err := d.reach(true); err != nil {
 		return err
 	}
@@ -362,3 +373,20 @@ func sshKeygenVerify(bundle, pubFile string) error {
 	}
 	return nil
 }
+
+// allRules returns the host's whole ruleset: iptables-save and
+// ip6tables-save (stage.Rules) and nft list ruleset, counters stripped.
+func allRules(s *stage.Stage) (string, error) {
+	r, err := stage.Rules(s.Host)
+	if err != nil {
+		return "", err
+	}
+	nft, err := s.Host.Output("nft", "list", "ruleset")
+	if err != nil {
+		return "", err
+	}
+	return r + "== nft list ruleset\n" + nftCounters.ReplaceAllString(nft, "counter"), nil
+}
+
+// nftCounters matches the counts nft prints in a counter statement.
+var nftCounters = regexp.MustCompile(`counter packets \d+ bytes \d+`)

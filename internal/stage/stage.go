@@ -34,6 +34,12 @@ const (
 	CtlPort              = "7443"
 )
 
+// Built says which of Binaries 'make build' puts in bin/; the others are
+// made from source for the scene only: netprobe (the host's service and
+// the attacker) and, for tests, a plugin that says it isolated and
+// changes nothing.
+func Built(name string) bool { return name != "netprobe" && name != "cordon-plugin-leaky" }
+
 // Binaries the scene runs, in Stage.Bin.
 var Binaries = map[string]string{
 	"cordon":                 "./controller/cmd/cordon",
