@@ -24,6 +24,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/cordon-ir/cordon/internal/netlab"
 	"github.com/cordon-ir/cordon/internal/netlab/labtest"
 	"github.com/cordon-ir/cordon/pkg/firewall"
@@ -1141,4 +1143,30 @@ func binaryInNamespace(t *testing.T) {
 		t.Error("plugin exited")
 	}
 	t.Logf("Isolate over gRPC took %v (%d rules, digest %s)", took, len(a.Rules), a.Digest)
+}
+
+// TestWarnsOfLegacyBeside: with iptables-legacy rules beside the
+// iptables-nft ones the plugin writes to, Isolate says so in its log.
+func TestWarnsOfLegacyBeside(t *testing.T) {
+	inNamespace(t, func(t *testing.T) {
+		if out, err := exec.Command("iptables", "-V").Output(); err != nil || !strings.Contains(string(out), "nf_tables") {
+			t.Skipf("iptables here is not iptables-nft: %s", out)
+		}
+		if out, err := exec.Command("iptables-legacy", "-A", "FORWARD", "-j", "ACCEPT").CombinedOutput(); err != nil {
+			t.Fatalf("iptables-legacy: %v\n%s", err, out)
+		}
+		var log strings.Builder
+		p := New(Options{Logger: hclog.New(&hclog.LoggerOptions{Output: &log, Level: hclog.Info})})
+		p.open = nsPlugin(t).open
+		if _, err := p.Isolate(bg, labPolicy(), "order-1"); err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(log.String(), "iptables-legacy tables are in use beside iptables-nft") || !strings.Contains(log.String(), "ip filter") {
+			t.Errorf("no warning of the legacy tables in the log:\n%s", log.String())
+		}
+		if _, err := p.Release(bg, "order-2"); err != nil {
+			t.Fatal(err)
+		}
+		exec.Command("iptables-legacy", "-D", "FORWARD", "-j", "ACCEPT").Run()
+	})
 }

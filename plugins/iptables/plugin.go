@@ -274,6 +274,14 @@ func (p *Plugin) Isolate(ctx context.Context, pol policy.Policy, orderID string)
 	if err != nil {
 		return firewall.Applied{}, fmt.Errorf("isolate: %w", err)
 	}
+	if len(b.tabs) > 0 && b.tabs[0].ipt.Concurrent() {
+		if legacy := legacyTablesInUse(); legacy != "" {
+			// Both sets of chains hook into netfilter; a drop in either is
+			// final, so Cordon's chains in iptables-nft hold over them.
+			log.Warn("iptables-legacy tables are in use beside iptables-nft: Cordon's chains are in iptables-nft, where this plugin reads and writes; the legacy chains run on the same hooks and cannot undo its drops",
+				"legacy_tables", legacy)
+		}
+	}
 	switch {
 	case b.v6err != nil:
 		log.Error("IPv6 is NOT contained: isolating IPv4 only", "error", b.v6err)
