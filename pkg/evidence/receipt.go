@@ -8,8 +8,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
 
 // ReceiptNamespace is the SSHSIG namespace of controller receipts.
@@ -66,11 +67,11 @@ func SignReceipt(r Receipt, signer ssh.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, err := sshsig.Sign(bytes.NewReader(body), signer, sshsig.HashSHA512, ReceiptNamespace)
+	sig, err := sshkey.SignArmored(body, signer, ReceiptNamespace)
 	if err != nil {
-		return nil, fmt.Errorf("sign receipt: %w", err)
+		return nil, fmt.Errorf("receipt: %w", err)
 	}
-	return json.MarshalIndent(ReceiptFile{Receipt: string(body), Signature: string(sshsig.Armor(sig))}, "", "  ")
+	return json.MarshalIndent(ReceiptFile{Receipt: string(body), Signature: string(sig)}, "", "  ")
 }
 
 // MaxReceiptSize bounds a receipt file, in bytes.
@@ -109,11 +110,7 @@ func OpenReceipt(file []byte, controllerFP string) (*Receipt, error) {
 	if fp := ssh.FingerprintSHA256(key); fp != controllerFP {
 		return nil, fmt.Errorf("%w: signed by controller key %s, not the pinned %s", ErrReceipt, fp, controllerFP)
 	}
-	sig, err := sshsig.Unarmor([]byte(rf.Signature))
-	if err != nil {
-		return nil, fmt.Errorf("%w: signature: %v", ErrReceipt, err)
-	}
-	if err := sshsig.Verify(strings.NewReader(rf.Receipt), sig, key, sig.HashAlgorithm, ReceiptNamespace); err != nil {
+	if err := sshkey.VerifyArmored([]byte(rf.Receipt), []byte(rf.Signature), key, ReceiptNamespace); err != nil {
 		return nil, fmt.Errorf("%w: signature: %v", ErrReceipt, err)
 	}
 	return &r, nil

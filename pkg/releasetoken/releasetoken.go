@@ -23,8 +23,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/hiddeco/sshsig"
 	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
 
 // Namespace is the SSHSIG namespace of release tokens.
@@ -81,11 +82,11 @@ func Sign(t Token, signer ssh.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	sig, err := sshsig.Sign(bytes.NewReader(body), signer, sshsig.HashSHA512, Namespace)
+	sig, err := sshkey.SignArmored(body, signer, Namespace)
 	if err != nil {
-		return nil, fmt.Errorf("sign release token: %w", err)
+		return nil, fmt.Errorf("release token: %w", err)
 	}
-	return json.MarshalIndent(File{Token: string(body), Signature: string(sshsig.Armor(sig))}, "", "  ")
+	return json.MarshalIndent(File{Token: string(body), Signature: string(sig)}, "", "  ")
 }
 
 // ErrInvalid marks a token that does not permit the release.
@@ -125,11 +126,7 @@ func Verify(file []byte, pinnedFingerprint, host, machineID string, now time.Tim
 	if fp := ssh.FingerprintSHA256(key); fp != pinnedFingerprint {
 		return fail("signed by the key %s, but this agent trusts only the controller key %s", fp, pinnedFingerprint)
 	}
-	sig, err := sshsig.Unarmor([]byte(f.Signature))
-	if err != nil {
-		return fail("signature: %v", err)
-	}
-	if err := sshsig.Verify(strings.NewReader(f.Token), sig, key, sshsig.HashSHA512, Namespace); err != nil {
+	if err := sshkey.VerifyArmored([]byte(f.Token), []byte(f.Signature), key, Namespace); err != nil {
 		return fail("the signature does not verify: %v", err)
 	}
 	if t.Host != host {
