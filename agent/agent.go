@@ -29,6 +29,7 @@ import (
 
 	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/snapshot"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
@@ -380,6 +381,8 @@ func (a *Agent) hello(ctx context.Context, conn ssh.Conn) error {
 	h := wire.Hello{V: wire.Version, Name: a.cfg.Name, AgentVersion: Version, Firewall: a.firewallState(ctx)}
 	id := hostIdentity()
 	h.Hostname, h.MachineID, h.BootID = id.Hostname, id.MachineID, id.BootID
+	provider, instance := snapshot.CloudIdentity()
+	h.CloudProvider, h.CloudInstanceID = wire.CleanText(provider, 32), wire.CleanText(instance, 256)
 	h.Orders = a.knownOrders()
 	ch, reqs, err := conn.OpenChannel(wire.ChanHello, nil)
 	if err != nil {

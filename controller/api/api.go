@@ -233,8 +233,12 @@ type Host struct {
 	Repairs          int       `json:"repairs"`
 	LastRepair       time.Time `json:"last_repair,omitzero"`
 	LastRepairDetail string    `json:"last_repair_detail,omitempty"`
-	EnrolledAt       time.Time `json:"enrolled_at"`
-	LastOrder        string    `json:"last_order,omitempty"`
+	// CloudProvider and CloudInstanceID are the cloud instance the agent
+	// reports the host runs as, unconfirmed by the provider.
+	CloudProvider   string    `json:"cloud_provider,omitempty"`
+	CloudInstanceID string    `json:"cloud_instance_id,omitempty"`
+	EnrolledAt      time.Time `json:"enrolled_at"`
+	LastOrder       string    `json:"last_order,omitempty"`
 }
 
 // Order is an order and what came of it.

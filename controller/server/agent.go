@@ -262,6 +262,7 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 		}
 		h.LastSeen, h.Addr = now, a.conn.RemoteAddr().String()
 		h.Hostname, h.MachineID, h.BootID, h.AgentVersion = hello.Hostname, hello.MachineID, hello.BootID, hello.AgentVersion
+		h.CloudProvider, h.CloudInstanceID = hello.CloudProvider, hello.CloudInstanceID
 		h.Plugin, h.PluginReason = fw.Plugin, fw.PluginReason
 		if fw.Version != "" {
 			h.Plugin += " " + fw.Version

@@ -560,6 +560,7 @@ func (s *Server) hosts(ctx context.Context, _ operator, _ api.HostsArgs) (any, e
 			StateSince: h.StateSince, LastSeen: h.LastSeen, Addr: h.Addr, Digest: h.Digest, Fingerprint: h.Fingerprint, PublicKey: h.PublicKey,
 			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, PluginReason: h.PluginReason, EnrolledAt: h.EnrolledAt,
 			Repairs: h.Repairs, LastRepair: h.LastRepair, LastRepairDetail: h.LastRepairDetail,
+			CloudProvider: h.CloudProvider, CloudInstanceID: h.CloudInstanceID,
 			LastOrder: h.LastOrder})
 	}
 	return out, nil

@@ -201,7 +201,8 @@ func enrollAgent(t *testing.T, ts *testServer, name string) *ssh.Client {
 		t.Fatal(err)
 	}
 	go ssh.DiscardRequests(reqs)
-	wire.WriteFrame(ch, &wire.Hello{V: wire.Version, Name: name, AgentVersion: "test", Firewall: wire.FirewallState{Plugin: "none"}})
+	wire.WriteFrame(ch, &wire.Hello{V: wire.Version, Name: name, AgentVersion: "test", Firewall: wire.FirewallState{Plugin: "none"},
+		CloudProvider: "aws", CloudInstanceID: "i-0123456789abcdef0"})
 	var ack wire.HelloAck
 	if err := wire.ReadFrame(ch, &ack); err != nil || !ack.OK {
 		t.Fatalf("hello: %v %+v", err, ack)
@@ -443,6 +444,10 @@ func TestDriftRepairReport(t *testing.T) {
 		}
 	}
 	h := hosts()
+	// The cloud instance the agent reported, kept for the cloud layer.
+	if h.CloudProvider != "aws" || h.CloudInstanceID != "i-0123456789abcdef0" {
+		t.Errorf("host's cloud identity = %q %q", h.CloudProvider, h.CloudInstanceID)
+	}
 	if h.Repairs != 1 || !h.LastRepair.Equal(at) || h.State != "isolated" ||
 		h.LastRepairDetail != "rules found changed (none of Cordon's rules in place); put back in 40ms, wrong for at most 300ms, digest sha256:ab" {
 		t.Errorf("after a repair: %+v", h)

@@ -143,6 +143,10 @@ type Host struct {
 	// none was. LastRepairDetail says what was found and how long it took.
 	LastRepair       time.Time
 	LastRepairDetail string
+	// CloudProvider and CloudInstanceID are the cloud instance the host's
+	// agent reports it runs as (snapshot.CloudIdentity); "" when none.
+	CloudProvider   string
+	CloudInstanceID string
 }
 
 // Order states.

@@ -190,14 +190,36 @@ func collectHost(name string) (HostRecord, []rawFile, []string) {
 			h.DMI[f] = strings.TrimSpace(string(b))
 		}
 	}
-	h.CloudProvider, h.CloudInstanceID, h.CloudInstanceIDSource = cloudFromDMI(h.DMI)
-	if h.CloudInstanceID == "" {
+	h.CloudProvider, h.CloudInstanceID, h.CloudInstanceIDSource = cloudOf(h.DMI)
+	return h, raws, errs
+}
+
+// cloudOf recognizes the cloud and the instance ID from DMI data, and
+// cloud-init's record of the instance ID when DMI holds none.
+func cloudOf(dmi map[string]string) (provider, id, source string) {
+	provider, id, source = cloudFromDMI(dmi)
+	if id == "" {
 		if b, err := readFile("/var/lib/cloud/data/instance-id"); err == nil {
-			h.CloudInstanceID = strings.TrimSpace(string(b))
-			h.CloudInstanceIDSource = "/var/lib/cloud/data/instance-id"
+			id, source = strings.TrimSpace(string(b)), "/var/lib/cloud/data/instance-id"
 		}
 	}
-	return h, raws, errs
+	return provider, id, source
+}
+
+// CloudIdentity returns the cloud provider ("aws", "azure", "gcp", …) and
+// the instance ID the host itself records (HostRecord.CloudProvider,
+// CloudInstanceID), from local files only, never a metadata endpoint; ""
+// when unknown. The agent reports them so that the controller can bind
+// the host to its instance.
+func CloudIdentity() (provider, instanceID string) {
+	dmi := map[string]string{}
+	for _, f := range dmiFiles {
+		if b, err := readFile("/sys/class/dmi/id/" + f); err == nil {
+			dmi[f] = strings.TrimSpace(string(b))
+		}
+	}
+	provider, instanceID, _ = cloudOf(dmi)
+	return provider, instanceID
 }
 
 // cloudFromDMI recognizes a cloud from the machine's DMI data, and the

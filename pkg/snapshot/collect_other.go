@@ -45,3 +45,6 @@ func (c *collection) run() {
 
 // WarmHashes does nothing where executables are not hashed.
 func WarmHashes(context.Context) {}
+
+// CloudIdentity knows no cloud outside Linux.
+func CloudIdentity() (provider, instanceID string) { return "", "" }

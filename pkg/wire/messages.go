@@ -316,13 +316,19 @@ func (h *EvidenceHeader) Validate() error {
 // what its firewall looks like right now, so the controller can reconcile
 // (DESIGN.md §3.7).
 type Hello struct {
-	V            int           `json:"v"`
-	Name         string        `json:"name"`
-	AgentVersion string        `json:"agent_version"`
-	Hostname     string        `json:"hostname"`
-	MachineID    string        `json:"machine_id,omitempty"`
-	BootID       string        `json:"boot_id,omitempty"`
-	Firewall     FirewallState `json:"firewall"`
+	V            int    `json:"v"`
+	Name         string `json:"name"`
+	AgentVersion string `json:"agent_version"`
+	Hostname     string `json:"hostname"`
+	MachineID    string `json:"machine_id,omitempty"`
+	BootID       string `json:"boot_id,omitempty"`
+	// CloudProvider and CloudInstanceID are the cloud and instance the
+	// host records for itself (snapshot.CloudIdentity), "" when none: what
+	// the controller binds the host's cloud layer to, once the provider
+	// confirms it.
+	CloudProvider   string        `json:"cloud_provider,omitempty"`
+	CloudInstanceID string        `json:"cloud_instance_id,omitempty"`
+	Firewall        FirewallState `json:"firewall"`
 	// Orders lists ids of orders the agent is carrying out or has finished
 	// since it started, so the controller does not send them again.
 	Orders []string `json:"orders,omitempty"`
@@ -339,7 +345,8 @@ func (h *Hello) Validate() error {
 	for _, f := range []struct {
 		name, v string
 		max     int
-	}{{"agent_version", h.AgentVersion, 64}, {"hostname", h.Hostname, 255}, {"machine_id", h.MachineID, 64}, {"boot_id", h.BootID, 64}} {
+	}{{"agent_version", h.AgentVersion, 64}, {"hostname", h.Hostname, 255}, {"machine_id", h.MachineID, 64}, {"boot_id", h.BootID, 64},
+		{"cloud_provider", h.CloudProvider, 32}, {"cloud_instance_id", h.CloudInstanceID, 256}} {
 		if err := checkText(f.name, f.v, f.max, false); err != nil {
 			return err
 		}
