@@ -48,6 +48,7 @@ fuzz:
 
 proto:
 	protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative pkg/firewall/proto/firewall.proto
+	protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative pkg/cloud/proto/cloud.proto
 
 clean:
 	rm -rf $(BIN)

@@ -1,0 +1,281 @@
+package cloud
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+
+	"github.com/cordon-ir/cordon/pkg/policy"
+)
+
+// BinaryPrefix is the file-name prefix of every plugin executable, cloud
+// and firewall alike.
+const BinaryPrefix = "cordon-plugin-"
+
+// ErrPluginNotFound is returned by Launch when the plugin executable does not
+// exist in the plugin directory.
+var ErrPluginNotFound = errors.New("cloud plugin not found")
+
+// ErrChecksumMismatch is returned by Launch when the plugin executable's
+// SHA-256 differs from the pinned one.
+var ErrChecksumMismatch = plugin.ErrChecksumsDoNotMatch
+
+// ErrHandshake is returned by Launch when the executable ran but did not
+// come up as a cloud plugin: it exited, timed out, or answered with another
+// protocol version or plugin set. A firewall plugin does this, since its
+// handshake cookie differs.
+var ErrHandshake = errors.New("cloud plugin handshake failed")
+
+// LaunchConfig says which plugin to start and how.
+type LaunchConfig struct {
+	// Dir is the plugin directory; the executable is Dir/cordon-plugin-<Name>.
+	Dir string
+	// Name is the plugin's short name, such as "aws".
+	Name string
+	// SHA256, when set, pins the executable's SHA-256 (hex, 64 digits,
+	// optionally after "sha256:"); go-plugin refuses to start a binary that
+	// does not match.
+	SHA256 string
+	// SocketDir is where go-plugin creates the plugin's Unix socket. Empty
+	// means os.TempDir().
+	SocketDir string
+	// StartTimeout bounds how long the plugin may take to start; 0 means 10 s.
+	StartTimeout time.Duration
+	// Stderr receives the plugin's log output; nil means os.Stderr.
+	Stderr io.Writer
+	// Env is extra environment for the plugin, "KEY=value" each, on top of
+	// the controller's own (which the SDK's credential chain reads too):
+	// AWS_PROFILE, say, or an endpoint override for tests. An entry
+	// replaces a variable of the same name; SocketDir, when set, wins over
+	// TMPDIR here. Values are never logged.
+	Env []string
+}
+
+var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
+
+// Path returns the executable path the config names.
+func (c LaunchConfig) Path() string { return filepath.Join(c.Dir, BinaryPrefix+c.Name) }
+
+// Client is a running plugin process and the Layer it serves. Its methods
+// turn a dead or unanswering plugin into ErrPluginCrashed. Close it when
+// done; it never leaves the process behind.
+type Client struct {
+	pc    *plugin.Client
+	layer Layer
+	path  string
+}
+
+var _ Layer = (*Client)(nil)
+
+// Launch starts the plugin cfg names and connects to it. Errors:
+// ErrPluginNotFound when the executable is missing, ErrChecksumMismatch when
+// the pin does not match, ErrHandshake when the process does not come up
+// as a cloud plugin in time (the error then ends with the last lines the
+// process wrote to stderr).
+func Launch(cfg LaunchConfig) (*Client, error) {
+	if !nameRE.MatchString(cfg.Name) {
+		return nil, fmt.Errorf("plugin name %q: want lowercase letters, digits, '-' or '_'", cfg.Name)
+	}
+	for _, kv := range cfg.Env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			// Not the entry itself: it may hold a secret.
+			return nil, fmt.Errorf("plugin environment: an entry is not KEY=value")
+		}
+	}
+	path := cfg.Path()
+	st, err := os.Stat(path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s does not exist", ErrPluginNotFound, path)
+		}
+		return nil, fmt.Errorf("plugin %s: %w", path, err)
+	}
+	if st.IsDir() || st.Mode()&0o111 == 0 {
+		return nil, fmt.Errorf("%w: %s is not an executable file", ErrPluginNotFound, path)
+	}
+	var secure *plugin.SecureConfig
+	if cfg.SHA256 != "" {
+		sum, err := hex.DecodeString(strings.TrimPrefix(cfg.SHA256, "sha256:"))
+		if err != nil || len(sum) != sha256.Size {
+			return nil, fmt.Errorf("plugin checksum %q: want 64 hex digits", cfg.SHA256)
+		}
+		secure = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	}
+	timeout := cfg.StartTimeout
+	if timeout == 0 {
+		timeout = 10 * time.Second
+	}
+	stderr := cfg.Stderr
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	cmd := exec.Command(path)
+	// The plugin must not outlive the controller (DESIGN.md §5: never an
+	// orphan process).
+	dieWithParent(cmd)
+	env := os.Environ()
+	for _, kv := range cfg.Env {
+		env = setEnv(env, kv)
+	}
+	var sock *plugin.UnixSocketConfig
+	if cfg.SocketDir != "" {
+		sock = &plugin.UnixSocketConfig{TempDir: cfg.SocketDir}
+		// go-plugin's default runner does not pass the socket directory on
+		// (only a custom RunnerFunc does): the plugin makes its socket
+		// with os.CreateTemp in $TMPDIR, so point that at SocketDir too.
+		env = setEnv(env, "TMPDIR="+cfg.SocketDir)
+	}
+	cmd.Env = env
+	tail := &tailWriter{max: 1024}
+	pc := plugin.NewClient(&plugin.ClientConfig{
+		HandshakeConfig:  Handshake,
+		Plugins:          plugin.PluginSet{PluginName: &GRPCPlugin{}},
+		Cmd:              cmd,
+		SecureConfig:     secure,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		StartTimeout:     timeout,
+		UnixSocketConfig: sock,
+		SkipHostEnv:      true, // cmd.Env already holds it
+		Stderr:           tail,
+		Logger: hclog.New(&hclog.LoggerOptions{
+			Name:   "plugin." + cfg.Name,
+			Output: stderr,
+			Level:  hclog.Info,
+		}),
+	})
+	rpc, err := pc.Client()
+	if err != nil {
+		// Kill waits for go-plugin's readers, so the tail is complete.
+		pc.Kill()
+		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
+			return nil, fmt.Errorf("plugin %s: %w", path, ErrChecksumMismatch)
+		}
+		return nil, fmt.Errorf("%w: %s did not start as a cloud plugin (a firewall plugin, or one of another protocol version, refuses the cloud handshake): %s%s",
+			ErrHandshake, path, firstParagraph(err), tail.said())
+	}
+	raw, err := rpc.Dispense(PluginName)
+	if err != nil {
+		pc.Kill()
+		return nil, fmt.Errorf("%w: %s serves no cloud plugin: %v", ErrHandshake, path, err)
+	}
+	layer, ok := raw.(Layer)
+	if !ok {
+		pc.Kill()
+		return nil, fmt.Errorf("%w: %s does not serve the cloud Layer interface", ErrHandshake, path)
+	}
+	return &Client{pc: pc, layer: layer, path: path}, nil
+}
+
+// firstParagraph returns go-plugin's error on one line without the
+// generic advice it appends after a blank line ("This usually means …").
+func firstParagraph(err error) string {
+	s, _, _ := strings.Cut(err.Error(), "\nThis usually means")
+	return strings.Join(strings.Fields(s), " ")
+}
+
+// setEnv returns env with kv ("KEY=value") replacing any variable KEY.
+func setEnv(env []string, kv string) []string {
+	key, _, _ := strings.Cut(kv, "=")
+	out := env[:0:0]
+	for _, e := range env {
+		if !strings.HasPrefix(e, key+"=") {
+			out = append(out, e)
+		}
+	}
+	return append(out, kv)
+}
+
+// tailWriter keeps the last max bytes written to it: the end of a plugin's
+// stderr, for the error when it does not start.
+type tailWriter struct {
+	mu  sync.Mutex
+	max int
+	b   []byte
+}
+
+func (w *tailWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.b = append(w.b, p...)
+	if over := len(w.b) - w.max; over > 0 {
+		w.b = append(w.b[:0], w.b[over:]...)
+	}
+	return len(p), nil
+}
+
+// said returns "; stderr: …" with the kept output on one line, or "" when
+// there is none.
+func (w *tailWriter) said() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := strings.Join(strings.Fields(string(w.b)), " ")
+	if s == "" {
+		return ""
+	}
+	return "; stderr: " + s
+}
+
+// Exited reports whether the plugin process has ended.
+func (c *Client) Exited() bool { return c.pc.Exited() }
+
+// Close stops the plugin process, gracefully if it answers and by SIGKILL
+// otherwise.
+func (c *Client) Close() { c.pc.Kill() }
+
+// crashed rewrites err as ErrPluginCrashed when the process has died, whatever
+// the gRPC layer said.
+func (c *Client) crashed(err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, ErrPluginCrashed) {
+		return err
+	}
+	if c.pc.Exited() {
+		return fmt.Errorf("%w: %s exited: %v", ErrPluginCrashed, c.path, err)
+	}
+	return err
+}
+
+// Info implements Layer.
+func (c *Client) Info(ctx context.Context) (Info, error) {
+	i, err := c.layer.Info(ctx)
+	return i, c.crashed(err)
+}
+
+// Lookup implements Layer.
+func (c *Client) Lookup(ctx context.Context, inst Instance) (Instance, error) {
+	i, err := c.layer.Lookup(ctx, inst)
+	return i, c.crashed(err)
+}
+
+// Isolate implements Layer.
+func (c *Client) Isolate(ctx context.Context, inst Instance, p policy.Policy, o Options, orderID string) (Applied, error) {
+	a, err := c.layer.Isolate(ctx, inst, p, o, orderID)
+	return a, c.crashed(err)
+}
+
+// Release implements Layer.
+func (c *Client) Release(ctx context.Context, inst Instance, orderID string) (Applied, error) {
+	a, err := c.layer.Release(ctx, inst, orderID)
+	return a, c.crashed(err)
+}
+
+// Status implements Layer.
+func (c *Client) Status(ctx context.Context, inst Instance) (Status, error) {
+	s, err := c.layer.Status(ctx, inst)
+	return s, c.crashed(err)
+}

@@ -1,0 +1,13 @@
+package cloud
+
+import (
+	"os/exec"
+	"syscall"
+)
+
+// dieWithParent has the kernel kill the plugin when the controller dies
+// (PR_SET_PDEATHSIG, prctl(2)), so a crashed controller leaves no plugin
+// behind.
+func dieWithParent(cmd *exec.Cmd) {
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+}
