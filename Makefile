@@ -17,6 +17,7 @@ build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/cordon-agent ./agent/cmd/cordon-agent
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-iptables ./plugins/iptables
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-nftables ./plugins/nftables
+	$(GO) build -trimpath -o $(BIN)/cordon-plugin-aws ./plugins/aws
 
 deps:
 	@./scripts/deps.sh
