@@ -251,7 +251,13 @@ type Order struct {
 	Allow    []string `json:"allow,omitempty"`
 	DNS      []string `json:"dns,omitempty"`
 	DHCP     bool     `json:"dhcp,omitempty"`
-	Operator string   `json:"operator"`
+	// CloudState is the cloud layer's part ("" when the host has none,
+	// applying, isolated, released, failed); CloudDetail what the
+	// provider holds, CloudError why it failed.
+	CloudState  string `json:"cloud_state,omitempty"`
+	CloudDetail string `json:"cloud_detail,omitempty"`
+	CloudError  string `json:"cloud_error,omitempty"`
+	Operator    string `json:"operator"`
 	// State: pending (stored, not yet delivered), delivered (the agent has
 	// it), done, failed.
 	State       string    `json:"state"`

@@ -16,6 +16,7 @@ import (
 	"github.com/cordon-ir/cordon/controller/evidencestore"
 	"github.com/cordon-ir/cordon/controller/server"
 	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/logging"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
@@ -135,6 +136,8 @@ type serveOptions struct {
 	dataDir   string
 	listen    string
 	advertise []string
+	clouds    []string
+	pluginDir string
 	logFormat string
 	logLevel  string
 }
@@ -153,6 +156,8 @@ func newControllerServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.dataDir, "data-dir", "/var/lib/cordon", "controller data `directory` (made by 'cordon controller init')")
 	f.StringVar(&o.listen, "listen", ":7443", "SSH listen address `host:port`")
 	f.StringArrayVar(&o.advertise, "advertise", nil, "extra controller endpoint `ip:port` that isolated agents must keep reaching (repeatable)")
+	f.StringArrayVar(&o.clouds, "cloud", nil, "cloud `provider` whose containment layer to add for hosts that run there: aws (repeatable; runs cordon-plugin-PROVIDER with the controller's own credentials from the SDK's standard chain)")
+	f.StringVar(&o.pluginDir, "plugin-dir", "/usr/lib/cordon/plugins", "`directory` of the cloud plugins")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd
@@ -187,7 +192,21 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	if err != nil {
 		return err
 	}
-	srv, err := server.New(server.Config{Store: st, Evidence: ev, HostKey: hostKey, Advertise: adv, Logger: log})
+	clouds := map[string]cloud.Layer{}
+	for _, p := range o.clouds {
+		c, err := cloud.Launch(cloud.LaunchConfig{Dir: o.pluginDir, Name: p, Stderr: os.Stderr})
+		if err != nil {
+			return fmt.Errorf("--cloud %s: %w", p, err)
+		}
+		defer c.Close()
+		info, err := c.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("--cloud %s: %w", p, err)
+		}
+		clouds[info.Provider] = c
+		log.Info("cloud containment layer ready", "provider", info.Provider, "plugin", info.Name, "version", info.Version)
+	}
+	srv, err := server.New(server.Config{Store: st, Evidence: ev, HostKey: hostKey, Advertise: adv, Logger: log, Clouds: clouds})
 	if err != nil {
 		return err
 	}

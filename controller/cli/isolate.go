@@ -141,6 +141,7 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 	text := !g.json()
 	seen := ord
 	seen.DeliveredAt, seen.SnapshotID, seen.SnapshotStored, seen.State = time.Time{}, "", false, "pending"
+	seen.CloudState = ""
 	report := func(o api.Order) {
 		if !text {
 			return
@@ -175,6 +176,16 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 				fmt.Fprintf(g.io.Out, "released: Cordon's rules removed and verified gone, %v after issue\n", o.DoneAt.Sub(o.CreatedAt).Round(time.Millisecond))
 			}
 		}
+		if o.CloudState != seen.CloudState {
+			switch o.CloudState {
+			case "applying":
+				fmt.Fprintln(g.io.Out, "cloud layer: applying at the provider")
+			case "failed":
+				fmt.Fprintf(g.io.Out, "cloud layer FAILED (the host layer goes on): %s\n", o.CloudError)
+			default:
+				fmt.Fprintf(g.io.Out, "cloud layer %s: %s\n", o.CloudState, o.CloudDetail)
+			}
+		}
 		if o.SnapshotStored && !seen.SnapshotStored {
 			if o.SnapshotVerified {
 				fmt.Fprintf(g.io.Out, "evidence stored at the controller, verified against the agent's key: cordon snapshot download %s --out .\n", o.SnapshotID)
@@ -186,7 +197,7 @@ func waitOrder(ctx context.Context, g *globals, c *client.Client, ord api.Order,
 	}
 	report(ord)
 	cur := ord
-	for !(cur.Terminal() && (cur.SnapshotID == "" || cur.SnapshotStored)) {
+	for !(cur.Terminal() && (cur.SnapshotID == "" || cur.SnapshotStored) && cur.CloudState != "applying") {
 		left := time.Until(deadline)
 		if left <= 0 {
 			if cur.Terminal() {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/releasetoken"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
@@ -448,8 +449,10 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 	o := &store.Order{ID: newID("ord"), Host: host, Kind: string(kind), Reason: reason, Incident: incident, Allow: pol.allow,
 		DNS: pol.dns, DHCP: pol.dhcp,
 		Operator: op.name, OperatorKey: op.fp, State: store.OrderPending, CreatedAt: now}
+	var hostRec store.Host
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		h, err := tx.Host(host)
+		hostRec = h
 		if err != nil {
 			if errors.Is(err, store.ErrNotFound) {
 				return api.Errorf(api.CodeNotFound, "unknown host %q: no agent has enrolled under that name ('cordon hosts' lists them)", host)
@@ -494,6 +497,12 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 	op.log.Info("order issued", "order_id", o.ID, "host", host, "incident", incident, "kind", kind, "host_online", online)
 	s.notify()
 	s.kick(host)
+	if kind != wire.KindSnapshot {
+		if _, _, ok := s.cloudInstance(hostRec); ok {
+			o.CloudState = CloudApplying
+			go s.applyCloud(*o, hostRec, s.cloudPolicy(host, pol), cloud.Options{Tag: true, Incident: incident})
+		}
+	}
 	out := s.apiOrder(*o)
 	return out, nil
 }
@@ -538,6 +547,7 @@ func (s *Server) orderWait(ctx context.Context, _ operator, a api.OrderWaitArgs)
 
 func (s *Server) apiOrder(o store.Order) api.Order {
 	return api.Order{ID: o.ID, Host: o.Host, Kind: o.Kind, Reason: o.Reason, Incident: o.Incident, Allow: o.Allow, DNS: o.DNS, DHCP: o.DHCP,
+		CloudState: o.CloudState, CloudDetail: o.CloudDetail, CloudError: o.CloudError,
 		Operator: o.Operator, State: o.State, Error: o.Error, CreatedAt: o.CreatedAt, DeliveredAt: o.DeliveredAt,
 		DoneAt: o.DoneAt, Digest: o.Digest, HostOnline: s.online(o.Host), SnapshotID: o.SnapshotID,
 		SnapshotSHA256: o.SnapshotSHA256, SnapshotStored: o.SnapshotStored, SnapshotVerified: o.SnapshotVerified, SnapshotNS: o.SnapshotNS, ApplyNS: o.ApplyNS,

@@ -31,6 +31,7 @@ import (
 
 	"github.com/cordon-ir/cordon/controller/evidencestore"
 	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 	"github.com/cordon-ir/cordon/pkg/wire"
@@ -56,6 +57,10 @@ type Config struct {
 	// HandshakeTimeout bounds the SSH handshake and the agent's hello.
 	// 0 means 10 s.
 	HandshakeTimeout time.Duration
+	// Clouds are the cloud containment layers by provider ("aws", …): a
+	// host whose agent reports an instance of one of them gets that layer
+	// on every isolate and release order, beside its own.
+	Clouds map[string]cloud.Layer
 }
 
 // Server is the controller daemon. Create it with New and run it with Serve.

@@ -155,6 +155,10 @@ ALTER TABLE orders ADD COLUMN dhcp INTEGER NOT NULL DEFAULT 0;
 `, `
 ALTER TABLE hosts ADD COLUMN cloud_provider TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN cloud_instance_id TEXT NOT NULL DEFAULT '';
+`, `
+ALTER TABLE orders ADD COLUMN cloud_state TEXT NOT NULL DEFAULT '';
+ALTER TABLE orders ADD COLUMN cloud_detail TEXT NOT NULL DEFAULT '';
+ALTER TABLE orders ADD COLUMN cloud_error TEXT NOT NULL DEFAULT '';
 `}
 
 func (s *SQLite) migrate(ctx context.Context) error {
@@ -385,7 +389,7 @@ func (t *sqliteTx) PutHost(h Host) error {
 
 const orderCols = `seq, id, host, kind, reason, incident, allow, operator, operator_key, state, error, created_at,
 	delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored, snapshot_verified,
-	snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp`
+	snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp, cloud_state, cloud_detail, cloud_error`
 
 func scanOrder(r scanner) (Order, error) {
 	var o Order
@@ -393,7 +397,7 @@ func scanOrder(r scanner) (Order, error) {
 	var created, delivered, done int64
 	err := r.Scan(&o.Seq, &o.ID, &o.Host, &o.Kind, &o.Reason, &o.Incident, &allow, &o.Operator, &o.OperatorKey,
 		&o.State, &o.Error, &created, &delivered, &done, &o.Digest, &o.SnapshotID, &o.SnapshotSHA256, &o.SnapshotSize,
-		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version, &dns, &o.DHCP)
+		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version, &dns, &o.DHCP, &o.CloudState, &o.CloudDetail, &o.CloudError)
 	if err != nil {
 		return o, err
 	}
@@ -418,10 +422,11 @@ func allowJSON(a []string) string {
 func (t *sqliteTx) AddOrder(o *Order) error {
 	res, err := t.tx.Exec(`INSERT INTO orders(id, host, kind, reason, incident, allow, operator, operator_key, state,
 		error, created_at, delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored,
-		snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?)`,
+		snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp, cloud_state, cloud_detail, cloud_error)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?)`,
 		o.ID, o.Host, o.Kind, o.Reason, o.Incident, allowJSON(o.Allow), o.Operator, o.OperatorKey, o.State, o.Error,
 		ns(o.CreatedAt), ns(o.DeliveredAt), ns(o.DoneAt), o.Digest, o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize,
-		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, allowJSON(o.DNS), o.DHCP)
+		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, allowJSON(o.DNS), o.DHCP, o.CloudState, o.CloudDetail, o.CloudError)
 	if isUnique(err) {
 		return fmt.Errorf("order %s: %w", o.ID, ErrExists)
 	}
@@ -442,9 +447,9 @@ func (t *sqliteTx) Order(id string) (Order, error) {
 func (t *sqliteTx) PutOrder(o Order) error {
 	res, err := t.tx.Exec(`UPDATE orders SET state=?, error=?, delivered_at=?, done_at=?, digest=?, snapshot_id=?,
 		snapshot_sha256=?, snapshot_size=?, snapshot_stored=?, snapshot_verified=?, snapshot_ns=?, apply_ns=?, verify_ns=?,
-		flows_cut=?, version = version + 1 WHERE id = ?`,
+		flows_cut=?, cloud_state=?, cloud_detail=?, cloud_error=?, version = version + 1 WHERE id = ?`,
 		o.State, o.Error, ns(o.DeliveredAt), ns(o.DoneAt), o.Digest, o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize,
-		o.SnapshotStored, o.SnapshotVerified, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, o.ID)
+		o.SnapshotStored, o.SnapshotVerified, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, o.CloudState, o.CloudDetail, o.CloudError, o.ID)
 	if err != nil {
 		return err
 	}

@@ -189,6 +189,13 @@ type Order struct {
 	VerifyNS         int64
 	FlowsCut         uint64
 	Version          int64
+	// CloudState is the cloud layer's part of the order: "" when the
+	// host has no cloud layer, "applying", "isolated", "released",
+	// "failed"; CloudDetail says what the provider holds (and notes),
+	// CloudError why it failed.
+	CloudState  string
+	CloudDetail string
+	CloudError  string
 }
 
 // Snapshot is a stored evidence bundle.

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,38 +30,8 @@ func TestMain(m *testing.M) {
 // the sentinel errors across the gRPC boundary.
 func TestLaunched(t *testing.T) {
 	x := newFixture(t)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	if err := os.Symlink(exe, filepath.Join(dir, cloud.BinaryPrefix+"aws")); err != nil {
-		t.Fatal(err)
-	}
-	nowhere := filepath.Join(dir, "none")
 	logs := &syncBuffer{}
-	c, err := cloud.Launch(cloud.LaunchConfig{
-		Dir:          dir,
-		Name:         "aws",
-		Stderr:       logs,
-		StartTimeout: 10 * time.Second,
-		Env: []string{
-			"CORDON_TEST_AWS_PLUGIN=1",
-			"AWS_ACCESS_KEY_ID=" + testKeyID,
-			"AWS_SECRET_ACCESS_KEY=test-secret-not-real",
-			"AWS_SESSION_TOKEN=",
-			"AWS_PROFILE=",
-			"AWS_REGION=eu-west-1",
-			"AWS_ENDPOINT_URL_EC2=" + x.f.srv.URL,
-			"AWS_CONFIG_FILE=" + nowhere,
-			"AWS_SHARED_CREDENTIALS_FILE=" + nowhere,
-			"AWS_EC2_METADATA_DISABLED=true",
-		},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
+	c := launchAgainst(t, x.f, logs)
 	ctx := context.Background()
 	inst := cloud.Instance{Provider: "aws", ID: instID}
 
@@ -123,4 +94,43 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// launchAgainst runs this test binary as cordon-plugin-aws through
+// cloud.Launch, a real go-plugin subprocess, pointed at f with test
+// credentials from its environment only; its log goes to logs.
+func launchAgainst(t *testing.T, f *fakeEC2, logs io.Writer) *cloud.Client {
+	t.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	if err := os.Symlink(exe, filepath.Join(dir, cloud.BinaryPrefix+"aws")); err != nil {
+		t.Fatal(err)
+	}
+	nowhere := filepath.Join(dir, "none")
+	c, err := cloud.Launch(cloud.LaunchConfig{
+		Dir:          dir,
+		Name:         "aws",
+		Stderr:       logs,
+		StartTimeout: 10 * time.Second,
+		Env: []string{
+			"CORDON_TEST_AWS_PLUGIN=1",
+			"AWS_ACCESS_KEY_ID=" + testKeyID,
+			"AWS_SECRET_ACCESS_KEY=test-secret-not-real",
+			"AWS_SESSION_TOKEN=",
+			"AWS_PROFILE=",
+			"AWS_REGION=eu-west-1",
+			"AWS_ENDPOINT_URL_EC2=" + f.srv.URL,
+			"AWS_CONFIG_FILE=" + nowhere,
+			"AWS_SHARED_CREDENTIALS_FILE=" + nowhere,
+			"AWS_EC2_METADATA_DISABLED=true",
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
 }

@@ -1,0 +1,168 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/cordon-ir/cordon/controller/store"
+	"github.com/cordon-ir/cordon/pkg/cloud"
+	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// Cloud layer states of an order (store.Order.CloudState).
+const (
+	CloudApplying = "applying"
+	CloudIsolated = "isolated"
+	CloudReleased = "released"
+	CloudFailed   = "failed"
+)
+
+// cloudTimeout bounds one cloud layer call: the SDKs retry throttled
+// calls, and a security group change is done in seconds.
+const cloudTimeout = 2 * time.Minute
+
+// cloudInstance returns the cloud instance a host is bound to, and the
+// layer that contains it at its provider; false when the host reports no
+// instance or the controller has no layer for its provider.
+func (s *Server) cloudInstance(h store.Host) (cloud.Instance, cloud.Layer, bool) {
+	if h.CloudProvider == "" || h.CloudInstanceID == "" {
+		return cloud.Instance{}, nil, false
+	}
+	layer := s.cfg.Clouds[h.CloudProvider]
+	if layer == nil {
+		return cloud.Instance{}, nil, false
+	}
+	return cloud.Instance{Provider: h.CloudProvider, ID: h.CloudInstanceID}, layer, true
+}
+
+// confirmBinding checks with the provider that the instance a host reports
+// is one of the provider's, and that the address its agent connects from is
+// one of the instance's private addresses: an agent cannot name another
+// machine's instance for its cloud layer. It returns the instance as the
+// provider sees it.
+func confirmBinding(ctx context.Context, layer cloud.Layer, inst cloud.Instance, agentAddr netip.Addr) (cloud.Instance, error) {
+	found, err := layer.Lookup(ctx, inst)
+	if err != nil {
+		return inst, fmt.Errorf("look up %s instance %s: %w", inst.Provider, inst.ID, err)
+	}
+	if !slices.Contains(found.PrivateIPs, agentAddr.Unmap()) {
+		return found, fmt.Errorf("%s instance %s has private addresses %v, and the agent connects from %s: not the same machine, or the agent is behind NAT: no cloud layer for it",
+			inst.Provider, inst.ID, found.PrivateIPs, agentAddr)
+	}
+	return found, nil
+}
+
+// applyCloud carries out the cloud layer of an isolate or release order,
+// beside the host layer, and records its outcome on the order and in the
+// audit trail; a host without a cloud layer leaves the order's cloud state
+// empty. It runs on its own goroutine, so that neither layer waits for the
+// other, and each one's failure shows without hiding the other's result.
+func (s *Server) applyCloud(o store.Order, h store.Host, pol policy.Policy, opts cloud.Options) {
+	inst, layer, ok := s.cloudInstance(h)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cloudTimeout)
+	defer cancel()
+	l := s.log.With("order_id", o.ID, "host", h.Name, "incident", o.Incident, "cloud", inst.Provider, "instance", inst.ID)
+	s.setCloud(o.ID, CloudApplying, "", "")
+	found, err := confirmBinding(ctx, layer, inst, agentIP(h.Addr))
+	var a cloud.Applied
+	if err == nil {
+		if o.Kind == string(wire.KindIsolate) {
+			a, err = layer.Isolate(ctx, found, pol, opts, o.ID)
+		} else {
+			a, err = layer.Release(ctx, found, o.ID)
+		}
+	}
+	detail := strings.Join(append(a.State, a.Notes...), "; ")
+	state, action := CloudIsolated, "cloud-isolated"
+	if o.Kind != string(wire.KindIsolate) {
+		state, action = CloudReleased, "cloud-released"
+	}
+	errText := ""
+	if err != nil {
+		state, action, errText = CloudFailed, "cloud-failed", err.Error()
+		l.Error("cloud layer failed; the host layer goes on", "err", err)
+	} else {
+		l.Info("cloud layer done", "state", state, "detail", detail)
+	}
+	s.setCloud(o.ID, state, detail, errText)
+	auditDetail := fmt.Sprintf("%s instance %s: %s", inst.Provider, inst.ID, detail)
+	if errText != "" {
+		auditDetail = fmt.Sprintf("%s instance %s: %s", inst.Provider, inst.ID, errText)
+	}
+	err = s.cfg.Store.Update(context.Background(), func(tx store.Tx) error {
+		return tx.AddAudit(store.Audit{At: time.Now().UTC(), Actor: "controller", Action: action, Host: h.Name, OrderID: o.ID, Detail: auditDetail})
+	})
+	if err != nil {
+		l.Error("cloud layer outcome not written to the audit trail", "err", err)
+	}
+}
+
+// setCloud records the cloud layer's state on an order.
+func (s *Server) setCloud(orderID, state, detail, errText string) {
+	err := s.cfg.Store.Update(context.Background(), func(tx store.Tx) error {
+		o, err := tx.Order(orderID)
+		if err != nil {
+			return err
+		}
+		o.CloudState, o.CloudDetail, o.CloudError = state, clip(detail, wire.MaxError), clip(errText, wire.MaxError)
+		return tx.PutOrder(o)
+	})
+	if err != nil {
+		s.log.Error("cloud layer state not stored", "order_id", orderID, "err", err)
+		return
+	}
+	s.notify()
+}
+
+// agentIP is the address of an agent's connection as the store keeps it
+// ("198.18.0.10:40000"); invalid when unknown.
+func agentIP(addr string) netip.Addr {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr()
+}
+
+// clip shortens s to at most n bytes.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n]
+}
+
+// cloudPolicy is the policy of a host's cloud layer: the controller
+// endpoints the host reaches (the address its agent is connected to, and
+// those advertised), and the order's allowlist, resolvers and DHCP.
+func (s *Server) cloudPolicy(host string, op orderPolicy) policy.Policy {
+	var p policy.Policy
+	s.mu.Lock()
+	a := s.agents[host]
+	s.mu.Unlock()
+	if a != nil {
+		p.Controllers = s.endpoints(a)
+	} else {
+		p.Controllers = append(p.Controllers, s.cfg.Advertise...)
+	}
+	for _, c := range op.allow {
+		if pfx, err := policy.ParsePrefix(c); err == nil {
+			p.Allow = append(p.Allow, pfx)
+		}
+	}
+	for _, d := range op.dns {
+		if ip, err := netip.ParseAddr(d); err == nil {
+			p.DNS = append(p.DNS, ip)
+		}
+	}
+	p.DHCP = op.dhcp
+	return p.Canonical()
+}
