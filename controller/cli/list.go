@@ -89,7 +89,7 @@ func newOrdersCmd(g *globals) *cobra.Command {
 				_, err := fmt.Fprintln(g.io.Out, "no orders"+forHost(host))
 				return err
 			}
-			tw := g.table("ORDER\tHOST\tKIND\tSTATE\tISSUED\tTOOK\tBY\tREASON")
+			tw := g.table("ORDER\tHOST\tKIND\tSTATE\tCLOUD LAYER\tISSUED\tTOOK\tBY\tREASON")
 			now := time.Now()
 			for _, o := range orders {
 				took := "-"
@@ -100,7 +100,11 @@ func newOrdersCmd(g *globals) *cobra.Command {
 				if o.Error != "" {
 					state += ": " + clip(o.Error, 60)
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.ID, o.Host, o.Kind, state, ago(o.CreatedAt, now), took, o.Operator, o.Reason)
+				cloudLayer := dash(o.CloudState)
+				if o.CloudError != "" {
+					cloudLayer += ": " + clip(o.CloudError, 40)
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", o.ID, o.Host, o.Kind, state, cloudLayer, ago(o.CreatedAt, now), took, o.Operator, o.Reason)
 			}
 			return tw.Flush()
 		},
