@@ -529,3 +529,20 @@ func TestFirewallPluginRefused(t *testing.T) {
 	}
 	t.Logf("cloud plugin as firewall: %v", err)
 }
+
+// TestSupervisedRestarts: a supervised plugin that crashes fails that call
+// with ErrPluginCrashed, and the next call runs on a new process.
+func TestSupervisedRestarts(t *testing.T) {
+	s, err := cloud.Supervise(cloud.LaunchConfig{Dir: pluginDir(t), Name: "fake", SocketDir: t.TempDir(), Stderr: io.Discard,
+		Env: []string{versionEnv + "=" + fakeVersion}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	if _, err := s.Isolate(ctx(t), cloud.Instance{ID: "crash"}, wantPolicy, wantOptions, wantOrder); !errors.Is(err, cloud.ErrPluginCrashed) {
+		t.Fatalf("Isolate on a crashing plugin: %v, want ErrPluginCrashed", err)
+	}
+	if info, err := s.Info(ctx(t)); err != nil || info.Name == "" {
+		t.Errorf("Info after the crash = %+v, %v; want a new process answering", info, err)
+	}
+}
