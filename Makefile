@@ -18,6 +18,7 @@ build:
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-iptables ./plugins/iptables
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-nftables ./plugins/nftables
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-aws ./plugins/aws
+	$(GO) build -trimpath -o $(BIN)/cordon-plugin-azure ./plugins/azure
 
 deps:
 	@./scripts/deps.sh
