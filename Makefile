@@ -19,6 +19,7 @@ build:
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-nftables ./plugins/nftables
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-aws ./plugins/aws
 	$(GO) build -trimpath -o $(BIN)/cordon-plugin-azure ./plugins/azure
+	$(GO) build -trimpath -o $(BIN)/cordon-plugin-gcp ./plugins/gcp
 
 deps:
 	@./scripts/deps.sh

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -34,7 +35,7 @@ func runHosts(ctx context.Context, g *globals) error {
 		return err
 	}
 	now := time.Now()
-	tw := g.table("NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tADDRESS\tREPAIRS\tPLUGIN\tCHOSEN BECAUSE")
+	tw := g.table("NAME\tCONNECTION\tSTATE\tSINCE\tLAST SEEN\tADDRESS\tCLOUD\tREPAIRS\tPLUGIN\tCHOSEN BECAUSE")
 	for _, h := range hosts {
 		conn := "offline"
 		if h.Online {
@@ -48,8 +49,12 @@ func runHosts(ctx context.Context, g *globals) error {
 		if h.Repairs > 0 || !h.LastRepair.IsZero() {
 			repairs = fmt.Sprintf("%d (last %s)", h.Repairs, ago(h.LastRepair, now))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now),
-			dash(h.Addr), repairs, dash(clip(h.Plugin, 40)), dash(clip(h.PluginReason, 80)))
+		cloudID := ""
+		if h.CloudProvider != "" {
+			cloudID = clip(strings.TrimSpace(h.CloudProvider+" "+h.CloudInstanceID), 30)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now),
+			dash(h.Addr), dash(cloudID), repairs, dash(clip(h.Plugin, 40)), dash(clip(h.PluginReason, 80)))
 	}
 	return tw.Flush()
 }
