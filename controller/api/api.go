@@ -34,6 +34,7 @@ const (
 	OpAudit            = "audit"             // AuditArgs → []AuditEntry
 	OpWhoami           = "whoami"            // NoArgs → Operator
 	OpReleaseToken     = "release.token"     // ReleaseTokenArgs → ReleaseToken (role responder)
+	OpHostBind         = "host.bind"         // HostBindArgs → Host (role admin)
 )
 
 // ChanName is the SSH channel type of the operator API.
@@ -235,10 +236,13 @@ type Host struct {
 	LastRepairDetail string    `json:"last_repair_detail,omitempty"`
 	// CloudProvider and CloudInstanceID are the cloud instance the agent
 	// reports the host runs as, unconfirmed by the provider.
-	CloudProvider   string    `json:"cloud_provider,omitempty"`
-	CloudInstanceID string    `json:"cloud_instance_id,omitempty"`
-	EnrolledAt      time.Time `json:"enrolled_at"`
-	LastOrder       string    `json:"last_order,omitempty"`
+	CloudProvider   string `json:"cloud_provider,omitempty"`
+	CloudInstanceID string `json:"cloud_instance_id,omitempty"`
+	// CloudBoundBy is the operator who bound the instance by hand, "" when
+	// it is the agent's report.
+	CloudBoundBy string    `json:"cloud_bound_by,omitempty"`
+	EnrolledAt   time.Time `json:"enrolled_at"`
+	LastOrder    string    `json:"last_order,omitempty"`
 }
 
 // Order is an order and what came of it.
@@ -318,6 +322,19 @@ type CustodyEntry struct {
 }
 
 // EnrollToken is a one-time agent enrollment token.
+// HostBindArgs binds a host to its cloud instance by hand (an agent behind
+// NAT, or one that cannot name its instance); Clear undoes it, so that the
+// agent's own report counts again.
+type HostBindArgs struct {
+	Host     string `json:"host"`
+	Provider string `json:"provider,omitempty"` // aws, azure, gcp
+	Instance string `json:"instance,omitempty"` // the provider's instance id (AWS), name (GCP), resource id (Azure)
+	Region   string `json:"region,omitempty"`
+	Zone     string `json:"zone,omitempty"`
+	Project  string `json:"project,omitempty"`
+	Clear    bool   `json:"clear,omitempty"`
+}
+
 // ReleaseTokenArgs asks for a break-glass release token for a host whose
 // controller may become unreachable (releasetoken).
 type ReleaseTokenArgs struct {

@@ -262,7 +262,11 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 		}
 		h.LastSeen, h.Addr = now, a.conn.RemoteAddr().String()
 		h.Hostname, h.MachineID, h.BootID, h.AgentVersion = hello.Hostname, hello.MachineID, hello.BootID, hello.AgentVersion
-		h.CloudProvider, h.CloudInstanceID = hello.CloudProvider, hello.CloudInstanceID
+		if h.CloudBoundBy == "" {
+			// What the agent reports, checked with the provider at each
+			// order; an operator's binding stands as set.
+			h.CloudProvider, h.CloudInstanceID = hello.CloudProvider, hello.CloudInstanceID
+		}
 		h.Plugin, h.PluginReason = fw.Plugin, fw.PluginReason
 		if fw.Version != "" {
 			h.Plugin += " " + fw.Version

@@ -221,6 +221,52 @@ var ops = map[string]opSpec{
 	api.OpAudit:            {anyone, "audit", with((*Server).audit)},
 	api.OpWhoami:           {anyone, "operator whoami", with((*Server).whoami)},
 	api.OpReleaseToken:     {[]string{api.RoleResponder}, "release token", with((*Server).releaseToken)},
+	api.OpHostBind:         {adminOnly, "host bind", with((*Server).hostBind)},
+}
+
+// hostBind binds a host to a cloud instance by hand, or clears that.
+func (s *Server) hostBind(ctx context.Context, op operator, a api.HostBindArgs) (any, error) {
+	if !wire.ValidHostName(a.Host) {
+		return nil, api.Errorf(api.CodeInvalid, "host name %q is not valid", a.Host)
+	}
+	if !a.Clear {
+		if a.Provider != "aws" && a.Provider != "azure" && a.Provider != "gcp" {
+			return nil, api.Errorf(api.CodeInvalid, "--cloud %q: want aws, azure or gcp", a.Provider)
+		}
+		if err := checkText("instance", a.Instance, 256, true); err != nil {
+			return nil, err
+		}
+		for _, f := range []struct{ name, v string }{{"region", a.Region}, {"zone", a.Zone}, {"project", a.Project}} {
+			if err := checkText(f.name, f.v, 64, false); err != nil {
+				return nil, err
+			}
+		}
+	}
+	var h store.Host
+	err := s.cfg.Store.Update(ctx, func(tx store.Tx) (err error) {
+		if h, err = tx.Host(a.Host); err != nil {
+			if errors.Is(err, store.ErrNotFound) {
+				return api.Errorf(api.CodeNotFound, "unknown host %q ('cordon hosts' lists them)", a.Host)
+			}
+			return err
+		}
+		detail := "cloud binding cleared: the agent's report counts again"
+		if a.Clear {
+			h.CloudProvider, h.CloudInstanceID, h.CloudRegion, h.CloudZone, h.CloudProject, h.CloudBoundBy = "", "", "", "", "", ""
+		} else {
+			h.CloudProvider, h.CloudInstanceID, h.CloudRegion, h.CloudZone, h.CloudProject, h.CloudBoundBy =
+				a.Provider, a.Instance, a.Region, a.Zone, a.Project, op.name
+			detail = fmt.Sprintf("bound to %s instance %s (region %q, zone %q, project %q)", a.Provider, a.Instance, a.Region, a.Zone, a.Project)
+		}
+		if err := tx.PutHost(h); err != nil {
+			return err
+		}
+		return tx.AddAudit(store.Audit{At: time.Now().UTC(), Actor: op.name, ActorKey: op.fp, Action: "cloud-bind", Host: a.Host, Detail: detail})
+	})
+	if err != nil {
+		return nil, storeErr(err, "")
+	}
+	return api.Host{Name: h.Name, CloudProvider: h.CloudProvider, CloudInstanceID: h.CloudInstanceID, CloudBoundBy: h.CloudBoundBy}, nil
 }
 
 // releaseToken signs a break-glass release token for a host with the
@@ -570,7 +616,7 @@ func (s *Server) hosts(ctx context.Context, _ operator, _ api.HostsArgs) (any, e
 			StateSince: h.StateSince, LastSeen: h.LastSeen, Addr: h.Addr, Digest: h.Digest, Fingerprint: h.Fingerprint, PublicKey: h.PublicKey,
 			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, PluginReason: h.PluginReason, EnrolledAt: h.EnrolledAt,
 			Repairs: h.Repairs, LastRepair: h.LastRepair, LastRepairDetail: h.LastRepairDetail,
-			CloudProvider: h.CloudProvider, CloudInstanceID: h.CloudInstanceID,
+			CloudProvider: h.CloudProvider, CloudInstanceID: h.CloudInstanceID, CloudBoundBy: h.CloudBoundBy,
 			LastOrder: h.LastOrder})
 	}
 	return out, nil

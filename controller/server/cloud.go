@@ -37,7 +37,7 @@ func (s *Server) cloudInstance(h store.Host) (cloud.Instance, cloud.Layer, bool)
 	if layer == nil {
 		return cloud.Instance{}, nil, false
 	}
-	return cloud.Instance{Provider: h.CloudProvider, ID: h.CloudInstanceID}, layer, true
+	return cloud.Instance{Provider: h.CloudProvider, ID: h.CloudInstanceID, Region: h.CloudRegion, Zone: h.CloudZone, Project: h.CloudProject}, layer, true
 }
 
 // confirmBinding checks with the provider that the instance a host reports
@@ -71,7 +71,18 @@ func (s *Server) applyCloud(o store.Order, h store.Host, pol policy.Policy, opts
 	defer cancel()
 	l := s.log.With("order_id", o.ID, "host", h.Name, "incident", o.Incident, "cloud", inst.Provider, "instance", inst.ID)
 	s.setCloud(o.ID, CloudApplying, "", "")
-	found, err := confirmBinding(ctx, layer, inst, agentIP(h.Addr))
+	var found cloud.Instance
+	var err error
+	if h.CloudBoundBy != "" {
+		// Bound by an operator: the instance must exist, whatever
+		// address the agent connects from (NAT).
+		found, err = layer.Lookup(ctx, inst)
+		if err != nil {
+			err = fmt.Errorf("look up %s instance %s (bound by %s): %w", inst.Provider, inst.ID, h.CloudBoundBy, err)
+		}
+	} else {
+		found, err = confirmBinding(ctx, layer, inst, agentIP(h.Addr))
+	}
 	var a cloud.Applied
 	if err == nil {
 		if o.Kind == string(wire.KindIsolate) {

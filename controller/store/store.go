@@ -147,6 +147,14 @@ type Host struct {
 	// agent reports it runs as (snapshot.CloudIdentity); "" when none.
 	CloudProvider   string
 	CloudInstanceID string
+	// CloudRegion, CloudZone and CloudProject locate the instance when an
+	// operator bound it (AWS and Azure region, GCP zone and project).
+	CloudRegion, CloudZone, CloudProject string
+	// CloudBoundBy is "" when the cloud instance is what the agent
+	// reports (checked with the provider at each order), or the operator
+	// who bound it by hand (trusted as set; agents' reports no longer
+	// change it).
+	CloudBoundBy string
 }
 
 // Order states.

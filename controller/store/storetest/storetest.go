@@ -103,6 +103,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		got.Plugin, got.PluginReason = "nftables 0.1.0", "nftables tables in place (inet firewalld)"
 		got.Repairs, got.LastRepair, got.LastRepairDetail = 2, now.Add(2*time.Second), "chain input missing; repaired in 40ms"
 		got.CloudProvider, got.CloudInstanceID = "aws", "i-0123456789abcdef0"
+		got.CloudRegion, got.CloudZone, got.CloudProject, got.CloudBoundBy = "eu-west-1", "", "", "admin"
 		mustUpdate(t, s, func(tx store.Tx) error { return tx.PutHost(got) })
 		var again store.Host
 		mustView(t, s, func(tx store.Tx) (err error) { again, err = tx.Host(host.Name); return })

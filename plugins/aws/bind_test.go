@@ -1,0 +1,55 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"slices"
+	"testing"
+
+	"golang.org/x/crypto/ssh"
+
+	"github.com/cordon-ir/cordon/controller/api"
+	"github.com/cordon-ir/cordon/controller/server"
+	"github.com/cordon-ir/cordon/pkg/cloud"
+	"github.com/cordon-ir/cordon/pkg/wire"
+)
+
+// TestControllerOperatorBinding: an agent behind NAT (its address is none
+// of the instance's) gets no cloud layer from its own report; once an
+// admin binds the host to the instance by hand, the next order isolates it
+// there.
+func TestControllerOperatorBinding(t *testing.T) {
+	f := newFakeEC2(t)
+	f.addVPC(vpcID)
+	web := f.addGroup(vpcID, "web")
+	eni := f.addInstance(instID, vpcID, nil, eniSpec{ip: "10.0.1.10", groups: []string{web}})[0]
+	ctl := startController(t, map[string]cloud.Layer{"aws": launchAgainst(t, f, io.Discard)})
+	ctl.enrollAgent(t, "pay-db-01", "", "")
+	op := ctl.dial(t, "op", ssh.PublicKeys(ctl.admin))
+
+	args, _ := json.Marshal(api.HostBindArgs{Host: "pay-db-01", Provider: "aws", Instance: instID, Region: "eu-west-1"})
+	resp := apiCall(t, op, api.Request{V: wire.Version, Op: api.OpHostBind, Args: args})
+	if resp.Error != nil {
+		t.Fatalf("bind: %v", resp.Error)
+	}
+	var h api.Host
+	json.Unmarshal(resp.Result, &h)
+	if h.CloudProvider != "aws" || h.CloudInstanceID != instID || h.CloudBoundBy != "admin" {
+		t.Errorf("bound host = %+v", h)
+	}
+	args, _ = json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "behind NAT"})
+	var ord api.Order
+	json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &ord)
+	got := waitOrder(t, op, ord.ID, func(o api.Order) bool { return o.CloudState != "" && o.CloudState != server.CloudApplying })
+	if got.CloudState != server.CloudIsolated {
+		t.Fatalf("cloud layer of a host bound by hand: %q %q", got.CloudState, got.CloudError)
+	}
+	if g := f.eniGroups(eni); slices.Equal(g, []string{web}) {
+		t.Errorf("%s still in its original groups", eni)
+	}
+	// A bad binding is refused with a clear error.
+	args, _ = json.Marshal(api.HostBindArgs{Host: "pay-db-01", Provider: "openstack", Instance: "x"})
+	if resp := apiCall(t, op, api.Request{V: wire.Version, Op: api.OpHostBind, Args: args}); resp.Error == nil || resp.Error.Code != api.CodeInvalid {
+		t.Errorf("bind to an unknown provider: %+v", resp.Error)
+	}
+}
