@@ -137,6 +137,19 @@ type IsolateArgs struct {
 	// port 53; DHCP keeps its DHCP client working (policy.Policy).
 	DNS  []string `json:"dns,omitempty"`
 	DHCP bool     `json:"dhcp,omitempty"`
+	// Cloud asks the cloud layer for more than cutting the network: EBS
+	// snapshots, termination protection, detaching from Auto Scaling and
+	// target groups, revoking the role's sessions (cloud.Options; the
+	// incident tag is always set).
+	Cloud CloudOptions `json:"cloud,omitzero"`
+}
+
+// CloudOptions are the optional steps of a cloud layer's isolation.
+type CloudOptions struct {
+	Snapshot              bool `json:"snapshot,omitempty"`
+	TerminationProtection bool `json:"termination_protection,omitempty"`
+	Detach                bool `json:"detach,omitempty"`
+	RevokeSessions        bool `json:"revoke_sessions,omitempty"`
 }
 
 // ReleaseArgs asks for a host to be released.

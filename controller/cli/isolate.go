@@ -20,6 +20,7 @@ type orderOptions struct {
 	allow    []string
 	dns      []string
 	dhcp     bool
+	cloud    api.CloudOptions
 	wait     bool
 	timeout  time.Duration
 }
@@ -48,6 +49,10 @@ stored before it is sent, so an offline host is isolated as soon as it connects.
 	f.StringArrayVar(&o.allow, "allow", nil, "`CIDR` or IP that stays reachable both ways (repeatable)")
 	f.StringArrayVar(&o.dns, "dns", nil, "resolver `IP` the host may still query, UDP and TCP port 53 (repeatable; a resolver that forwards is a way out)")
 	f.BoolVar(&o.dhcp, "dhcp", false, "keep the host's DHCP client working, so it keeps its address")
+	f.BoolVar(&o.cloud.Snapshot, "cloud-snapshot", false, "cloud layer: snapshot every volume of the instance (AWS EBS)")
+	f.BoolVar(&o.cloud.TerminationProtection, "cloud-protect", false, "cloud layer: turn on termination protection (AWS)")
+	f.BoolVar(&o.cloud.Detach, "cloud-detach", false, "cloud layer: detach the instance from its Auto Scaling group and target groups (AWS)")
+	f.BoolVar(&o.cloud.RevokeSessions, "revoke-sessions", false, "cloud layer: revoke the instance role's active sessions (AWS: stolen instance credentials stop working; other instances of the role too)")
 	f.BoolVar(&o.wait, "wait", false, "wait until the host is verified isolated or the order failed")
 	f.DurationVar(&o.timeout, "timeout", 5*time.Minute, "how long --wait waits")
 	host.MarkFlagRequired("reason")
@@ -101,7 +106,7 @@ func runOrder(ctx context.Context, g *globals, op, host string, o *orderOptions)
 	var args any
 	switch op {
 	case api.OpIsolate:
-		args = api.IsolateArgs{Host: host, Reason: o.reason, Incident: o.incident, Allow: o.allow, DNS: o.dns, DHCP: o.dhcp}
+		args = api.IsolateArgs{Host: host, Reason: o.reason, Incident: o.incident, Allow: o.allow, DNS: o.dns, DHCP: o.dhcp, Cloud: o.cloud}
 	case api.OpRelease:
 		args = api.ReleaseArgs{Host: host, Reason: o.reason, Incident: o.incident}
 	default:

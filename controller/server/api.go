@@ -465,7 +465,7 @@ func (s *Server) isolate(ctx context.Context, op operator, a api.IsolateArgs) (a
 		}
 		dns = append(dns, ip.Unmap().String())
 	}
-	return s.newOrder(ctx, op, a.Host, wire.KindIsolate, a.Reason, a.Incident, orderPolicy{allow: allow, dns: dns, dhcp: a.DHCP})
+	return s.newOrder(ctx, op, a.Host, wire.KindIsolate, a.Reason, a.Incident, orderPolicy{allow: allow, dns: dns, dhcp: a.DHCP, cloud: a.Cloud})
 }
 
 func (s *Server) release(ctx context.Context, op operator, a api.ReleaseArgs) (any, error) {
@@ -488,12 +488,13 @@ func (s *Server) release(ctx context.Context, op operator, a api.ReleaseArgs) (a
 type orderPolicy struct {
 	allow, dns []string
 	dhcp       bool
+	cloud      api.CloudOptions
 }
 
 func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wire.OrderKind, reason, incident string, pol orderPolicy) (any, error) {
 	now := time.Now().UTC()
 	o := &store.Order{ID: newID("ord"), Host: host, Kind: string(kind), Reason: reason, Incident: incident, Allow: pol.allow,
-		DNS: pol.dns, DHCP: pol.dhcp,
+		DNS: pol.dns, DHCP: pol.dhcp, CloudOptions: cloudOptionsJSON(pol.cloud),
 		Operator: op.name, OperatorKey: op.fp, State: store.OrderPending, CreatedAt: now}
 	var hostRec store.Host
 	err := s.cfg.Store.Update(ctx, func(tx store.Tx) error {
@@ -521,6 +522,9 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 		if pol.dhcp {
 			detail += "; dhcp kept"
 		}
+		if o.CloudOptions != "" {
+			detail += "; cloud options " + o.CloudOptions
+		}
 		// An isolate or release order sets the host's desired state; a
 		// snapshot order (triage) leaves the host's state alone.
 		if kind != wire.KindSnapshot {
@@ -546,7 +550,9 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 	if kind != wire.KindSnapshot {
 		if _, _, ok := s.cloudInstance(hostRec); ok {
 			o.CloudState = CloudApplying
-			go s.applyCloud(*o, hostRec, s.cloudPolicy(host, pol), cloud.Options{Tag: true, Incident: incident})
+			go s.applyCloud(*o, hostRec, s.cloudPolicy(host, pol), cloud.Options{Tag: true, Incident: incident,
+				Snapshot: pol.cloud.Snapshot, TerminationProtection: pol.cloud.TerminationProtection,
+				Detach: pol.cloud.Detach, RevokeSessions: pol.cloud.RevokeSessions})
 		}
 	}
 	out := s.apiOrder(*o)

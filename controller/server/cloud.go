@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
 
+	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/controller/store"
 	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/policy"
@@ -176,4 +178,13 @@ func (s *Server) cloudPolicy(host string, op orderPolicy) policy.Policy {
 	}
 	p.DHCP = op.dhcp
 	return p.Canonical()
+}
+
+// cloudOptionsJSON is how an order stores its cloud options: "" for none.
+func cloudOptionsJSON(o api.CloudOptions) string {
+	if o == (api.CloudOptions{}) {
+		return ""
+	}
+	b, _ := json.Marshal(o)
+	return string(b)
 }

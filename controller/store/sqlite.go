@@ -164,6 +164,8 @@ ALTER TABLE hosts ADD COLUMN cloud_region TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN cloud_zone TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN cloud_project TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN cloud_bound_by TEXT NOT NULL DEFAULT '';
+`, `
+ALTER TABLE orders ADD COLUMN cloud_options TEXT NOT NULL DEFAULT '';
 `}
 
 func (s *SQLite) migrate(ctx context.Context) error {
@@ -394,7 +396,7 @@ func (t *sqliteTx) PutHost(h Host) error {
 
 const orderCols = `seq, id, host, kind, reason, incident, allow, operator, operator_key, state, error, created_at,
 	delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored, snapshot_verified,
-	snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp, cloud_state, cloud_detail, cloud_error`
+	snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp, cloud_state, cloud_detail, cloud_error, cloud_options`
 
 func scanOrder(r scanner) (Order, error) {
 	var o Order
@@ -402,7 +404,7 @@ func scanOrder(r scanner) (Order, error) {
 	var created, delivered, done int64
 	err := r.Scan(&o.Seq, &o.ID, &o.Host, &o.Kind, &o.Reason, &o.Incident, &allow, &o.Operator, &o.OperatorKey,
 		&o.State, &o.Error, &created, &delivered, &done, &o.Digest, &o.SnapshotID, &o.SnapshotSHA256, &o.SnapshotSize,
-		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version, &dns, &o.DHCP, &o.CloudState, &o.CloudDetail, &o.CloudError)
+		&o.SnapshotStored, &o.SnapshotVerified, &o.SnapshotNS, &o.ApplyNS, &o.VerifyNS, &o.FlowsCut, &o.Version, &dns, &o.DHCP, &o.CloudState, &o.CloudDetail, &o.CloudError, &o.CloudOptions)
 	if err != nil {
 		return o, err
 	}
@@ -427,11 +429,11 @@ func allowJSON(a []string) string {
 func (t *sqliteTx) AddOrder(o *Order) error {
 	res, err := t.tx.Exec(`INSERT INTO orders(id, host, kind, reason, incident, allow, operator, operator_key, state,
 		error, created_at, delivered_at, done_at, digest, snapshot_id, snapshot_sha256, snapshot_size, snapshot_stored,
-		snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp, cloud_state, cloud_detail, cloud_error)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?)`,
+		snapshot_ns, apply_ns, verify_ns, flows_cut, version, dns, dhcp, cloud_state, cloud_detail, cloud_error, cloud_options)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1,?,?,?,?,?,?)`,
 		o.ID, o.Host, o.Kind, o.Reason, o.Incident, allowJSON(o.Allow), o.Operator, o.OperatorKey, o.State, o.Error,
 		ns(o.CreatedAt), ns(o.DeliveredAt), ns(o.DoneAt), o.Digest, o.SnapshotID, o.SnapshotSHA256, o.SnapshotSize,
-		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, allowJSON(o.DNS), o.DHCP, o.CloudState, o.CloudDetail, o.CloudError)
+		o.SnapshotStored, o.SnapshotNS, o.ApplyNS, o.VerifyNS, o.FlowsCut, allowJSON(o.DNS), o.DHCP, o.CloudState, o.CloudDetail, o.CloudError, o.CloudOptions)
 	if isUnique(err) {
 		return fmt.Errorf("order %s: %w", o.ID, ErrExists)
 	}

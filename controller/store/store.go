@@ -204,6 +204,9 @@ type Order struct {
 	CloudState  string
 	CloudDetail string
 	CloudError  string
+	// CloudOptions are the optional steps the order asks of the cloud
+	// layer, as JSON (api.CloudOptions); "" for none.
+	CloudOptions string
 }
 
 // Snapshot is a stored evidence bundle.

@@ -53,3 +53,30 @@ func TestControllerOperatorBinding(t *testing.T) {
 		t.Errorf("bind to an unknown provider: %+v", resp.Error)
 	}
 }
+
+// TestControllerCloudOptions: the optional steps an isolate order asks
+// for reach the provider: EBS snapshots of every volume and termination
+// protection.
+func TestControllerCloudOptions(t *testing.T) {
+	f := newFakeEC2(t)
+	f.addVPC(vpcID)
+	web := f.addGroup(vpcID, "web")
+	f.addInstance(instID, vpcID, []string{"vol-0aaaaaaaaaaaaaaa1"}, eniSpec{ip: "127.0.0.1", groups: []string{web}})
+	ctl := startController(t, map[string]cloud.Layer{"aws": launchAgainst(t, f, io.Discard)})
+	ctl.enrollAgent(t, "pay-db-01", "aws", instID)
+	op := ctl.dial(t, "op", ssh.PublicKeys(ctl.admin))
+	args, _ := json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "r", Incident: "INC-9",
+		Cloud: api.CloudOptions{Snapshot: true, TerminationProtection: true}})
+	var ord api.Order
+	json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &ord)
+	got := waitOrder(t, op, ord.ID, func(o api.Order) bool { return o.CloudState != "" && o.CloudState != server.CloudApplying })
+	if got.CloudState != server.CloudIsolated {
+		t.Fatalf("cloud layer: %q %q", got.CloudState, got.CloudError)
+	}
+	if snaps := f.snapshotList(); len(snaps) != 1 || snaps[0].volume != "vol-0aaaaaaaaaaaaaaa1" {
+		t.Errorf("snapshots = %+v, want one of the instance's volume", snaps)
+	}
+	if !f.terminationProtected(instID) {
+		t.Error("termination protection not turned on")
+	}
+}

@@ -117,7 +117,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		mustUpdate(t, s, func(tx store.Tx) error { return tx.AddHost(host) })
 		for i, id := range []string{"o1", "o2", "o3"} {
 			o := &store.Order{ID: id, Host: host.Name, Kind: "isolate", Reason: "r", Allow: []string{"10.0.0.0/8"},
-				DNS: []string{"198.18.0.53"}, DHCP: true, CloudState: "applying",
+				DNS: []string{"198.18.0.53"}, DHCP: true, CloudState: "applying", CloudOptions: `{"snapshot":true}`,
 				Operator: "admin", State: store.OrderPending, CreatedAt: now.Add(time.Duration(i) * time.Second)}
 			mustUpdate(t, s, func(tx store.Tx) error { return tx.AddOrder(o) })
 			if o.Seq == 0 || o.Version != 1 {
@@ -157,7 +157,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		if len(again.Allow) != 1 || again.Allow[0] != "10.0.0.0/8" {
 			t.Fatalf("allowlist round trip: %v", again.Allow)
 		}
-		if again.CloudState != "applying" {
+		if again.CloudState != "applying" || again.CloudOptions != `{"snapshot":true}` {
 			t.Fatalf("cloud state round trip: %q", again.CloudState)
 		}
 		if len(again.DNS) != 1 || again.DNS[0] != "198.18.0.53" || !again.DHCP {
