@@ -21,7 +21,9 @@ import (
 // actions the plugin calls, with the request and response shapes of the
 // EC2 API reference, and keeps state: instances, network interfaces and
 // their groups, security groups and their rules, tags, snapshots. The real
-// SDK talks to it, so the SDK's parsing proves the shapes.
+// SDK talks to it, so the SDK's parsing proves the shapes. The same server
+// answers the Auto Scaling, Elastic Load Balancing v2 and IAM Query APIs,
+// told apart by the request's Version (fakeservices_test.go).
 //
 // Faults: throttle answers an action with RequestLimitExceeded a number of
 // times; deny answers it with UnauthorizedOperation; onModify can fail a
@@ -43,6 +45,8 @@ type fakeEC2 struct {
 
 	throttles map[string]int
 	denied    map[string]bool
+
+	svcState // Auto Scaling, ELBv2 and IAM (fakeservices_test.go)
 	// onModify, when set, may fail ModifyNetworkInterfaceAttribute of an
 	// interface to the given groups with an EC2 error.
 	onModify func(eni string, groups []string) *ec2Error
@@ -53,6 +57,7 @@ type fInstance struct {
 	enis                   []string
 	volumes                []string
 	disableAPITermination  bool
+	profile                string // instance profile ARN, "" for none
 }
 
 type fENI struct {
@@ -110,6 +115,7 @@ func newFakeEC2(t *testing.T) *fakeEC2 {
 		moves:     map[string][][]string{},
 		throttles: map[string]int{},
 		denied:    map[string]bool{},
+		svcState:  newSvcState(),
 	}
 	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
 	t.Cleanup(f.srv.Close)
@@ -308,8 +314,9 @@ func (f *fakeEC2) serve(w http.ResponseWriter, r *http.Request) {
 		f.fail(w, &ec2Error{401, "AuthFailure", "AWS was not able to validate the provided access credentials"})
 		return
 	}
-	if v := form.Get("Version"); v != ec2Version {
-		f.fail(w, &ec2Error{400, "InvalidParameterValue", fmt.Sprintf("unsupported Version %q", v)})
+	version := form.Get("Version")
+	if version != ec2Version {
+		f.serveQuery(w, r, version, action, form)
 		return
 	}
 	if n := f.throttles[action]; n > 0 {
@@ -530,6 +537,12 @@ type xInstance struct {
 	BlockDevices     []xBlockDevice `xml:"blockDeviceMapping>item"`
 	ENIs             []xENI         `xml:"networkInterfaceSet>item"`
 	Tags             []xTag         `xml:"tagSet>item"`
+	Profile          *xProfileRef   `xml:"iamInstanceProfile,omitempty"`
+}
+
+type xProfileRef struct {
+	Arn string `xml:"arn"`
+	ID  string `xml:"id"`
 }
 
 type xReservation struct {
@@ -579,6 +592,9 @@ func (f *fakeEC2) describeInstances(v url.Values) (any, *ec2Error) {
 		x := xInstance{
 			InstanceID: in.id, ImageID: "ami-0abcdef1234567890", InstanceType: "t3.micro",
 			State: xState{16, in.state}, SubnetID: in.subnet, VpcID: in.vpc, Tags: f.tagSet(id),
+		}
+		if in.profile != "" {
+			x.Profile = &xProfileRef{in.profile, "AIPA" + strings.ToUpper(in.id[2:])}
 		}
 		for i, vol := range in.volumes {
 			x.BlockDevices = append(x.BlockDevices, xBlockDevice{fmt.Sprintf("/dev/xvd%c", 'a'+i), xEBS{vol, "attached"}})

@@ -163,12 +163,10 @@ func (p *Plugin) Isolate(ctx context.Context, inst cloud.Instance, pol policy.Po
 		notes = append(notes, p.snapshot(ctx, c, log, in, o.Incident, orderID)...)
 	}
 	if o.Detach {
-		notes = append(notes, "detach: not implemented yet in cordon-plugin-aws: take the instance out of its Auto Scaling group "+
-			"(autoscaling:DetachInstances) and load balancer target groups (elasticloadbalancing:DeregisterTargets) by hand")
+		notes = append(notes, p.detach(ctx, p.config(inst.Region), log, in)...)
 	}
 	if o.RevokeSessions {
-		notes = append(notes, "revoke sessions: not implemented yet in cordon-plugin-aws: attach to the instance's role "+
-			"a policy that denies everything when aws:TokenIssueTime is before now (IAM console: Revoke active sessions)")
+		notes = append(notes, p.revokeSessions(ctx, p.config(inst.Region), log, in))
 	}
 	notes = append(notes, noteDNS, noteLinkLocal, noteTracked)
 

@@ -17,6 +17,10 @@
 // DNS resolver, the metadata service and flows that AWS always tracks. The
 // host layer must block DNS.
 //
+// Options: Detach takes the instance out of its Auto Scaling group (desired
+// capacity kept) and load balancer target groups; RevokeSessions puts on its
+// role AWS's documented deny on aws:TokenIssueTime. Release undoes neither.
+//
 // Credentials and region come from the SDK's standard chain (environment,
 // shared profile, web identity, container or instance role); Cordon holds
 // no AWS secret and logs none. AWS_ENDPOINT_URL_EC2 overrides the

@@ -37,6 +37,14 @@ type Options struct {
 	// region's (a test server). The SDK's own AWS_ENDPOINT_URL_EC2 works
 	// too.
 	Endpoint string
+	// AutoScalingEndpoint, ELBEndpoint and IAMEndpoint likewise replace
+	// the Auto Scaling, Elastic Load Balancing (v2) and IAM endpoints
+	// (options Detach and RevokeSessions); the SDK's
+	// AWS_ENDPOINT_URL_AUTO_SCALING, AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2
+	// and AWS_ENDPOINT_URL_IAM work too.
+	AutoScalingEndpoint string
+	ELBEndpoint         string
+	IAMEndpoint         string
 }
 
 // Plugin is the AWS cloud layer: it implements cloud.Layer with EC2 security
@@ -46,10 +54,14 @@ type Plugin struct {
 	log      *slog.Logger
 	load     func(ctx context.Context, region string) (aws.Config, error)
 	endpoint string
+	asEP     string
+	elbEP    string
+	iamEP    string
 
 	mu      sync.Mutex // serializes Isolate and Release
 	cmu     sync.Mutex // guards clients
 	clients map[string]*ec2.Client
+	cfgs    map[string]aws.Config
 }
 
 var _ cloud.Layer = (*Plugin)(nil)
@@ -68,7 +80,11 @@ func New(o Options) *Plugin {
 		log:      log.With("component", "cloud-aws"),
 		load:     load,
 		endpoint: o.Endpoint,
+		asEP:     o.AutoScalingEndpoint,
+		elbEP:    o.ELBEndpoint,
+		iamEP:    o.IAMEndpoint,
 		clients:  map[string]*ec2.Client{},
+		cfgs:     map[string]aws.Config{},
 	}
 }
 
@@ -110,7 +126,16 @@ func (p *Plugin) client(ctx context.Context, region string) (*ec2.Client, error)
 		}
 	})
 	p.clients[region] = c
+	p.cfgs[region] = cfg
 	return c, nil
+}
+
+// config returns the SDK configuration client loaded for a region; client
+// must have succeeded for it first.
+func (p *Plugin) config(region string) aws.Config {
+	p.cmu.Lock()
+	defer p.cmu.Unlock()
+	return p.cfgs[region]
 }
 
 // Info names the plugin.
@@ -209,13 +234,19 @@ func sameSet(a, b []string) bool {
 // provider's code and message) follows. The original stays reachable with
 // errors.As.
 func apiError(err error) error {
+	return serviceError("ec2", err)
+}
+
+// serviceError is apiError for the service whose IAM prefix is svc
+// ("autoscaling", "elasticloadbalancing", "iam").
+func serviceError(svc string, err error) error {
 	if err == nil {
 		return nil
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	op := "EC2"
+	op := svc
 	var oe *smithy.OperationError
 	if errors.As(err, &oe) {
 		op = oe.Operation()
@@ -227,7 +258,7 @@ func apiError(err error) error {
 		sentinel = cloud.ErrDenied
 	case isThrottle(code):
 		sentinel = cloud.ErrThrottled
-	case code == "InvalidInstanceID.NotFound" || code == "InvalidNetworkInterfaceID.NotFound":
+	case code == "InvalidInstanceID.NotFound" || code == "InvalidNetworkInterfaceID.NotFound" || code == "NoSuchEntity":
 		sentinel = cloud.ErrNotFound
 	case strings.HasSuffix(code, ".Malformed") || code == "InvalidParameterValue" ||
 		code == "InvalidParameterCombination" || code == "RulesPerSecurityGroupLimitExceeded" ||
@@ -235,9 +266,9 @@ func apiError(err error) error {
 		sentinel = cloud.ErrInvalid
 	}
 	if sentinel == nil {
-		return fmt.Errorf("ec2:%s: %w", op, err)
+		return fmt.Errorf("%s:%s: %w", svc, op, err)
 	}
-	return fmt.Errorf("%w (ec2:%s): %w", sentinel, op, err)
+	return fmt.Errorf("%w (%s:%s): %w", sentinel, svc, op, err)
 }
 
 func isThrottle(code string) bool {

@@ -59,14 +59,18 @@ func newFixture(t *testing.T) *fixture {
 func newTestPlugin(t *testing.T, f *fakeEC2, maxAttempts int) *Plugin {
 	t.Helper()
 	nowhere := filepath.Join(t.TempDir(), "none")
-	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2"} {
+	for _, k := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2",
+		"AWS_ENDPOINT_URL_AUTO_SCALING", "AWS_ENDPOINT_URL_ELASTIC_LOAD_BALANCING_V2", "AWS_ENDPOINT_URL_IAM"} {
 		t.Setenv(k, "")
 	}
 	t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
 	t.Setenv("AWS_CONFIG_FILE", nowhere)
 	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", nowhere)
 	return New(Options{
-		Endpoint: f.srv.URL,
+		Endpoint:            f.srv.URL,
+		AutoScalingEndpoint: f.srv.URL,
+		ELBEndpoint:         f.srv.URL,
+		IAMEndpoint:         f.srv.URL,
 		Config: func(ctx context.Context, region string) (aws.Config, error) {
 			return config.LoadDefaultConfig(ctx,
 				config.WithRegion(region),
@@ -583,7 +587,8 @@ func TestOptions(t *testing.T) {
 			t.Errorf("Notes do not name snapshot %s: %q", s.id, a.Notes)
 		}
 	}
-	for _, want := range []string{"detach: not implemented yet", "revoke sessions: not implemented yet"} {
+	for _, want := range []string{"detach: the instance is in no Auto Scaling group", "detach: the instance is in no load balancer target group",
+		"revoke sessions: the instance has no instance profile"} {
 		if !slices.ContainsFunc(a.Notes, func(n string) bool { return strings.HasPrefix(n, want) }) {
 			t.Errorf("Notes lack %q: %q", want, a.Notes)
 		}
