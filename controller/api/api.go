@@ -253,9 +253,12 @@ type Host struct {
 	CloudInstanceID string `json:"cloud_instance_id,omitempty"`
 	// CloudBoundBy is the operator who bound the instance by hand, "" when
 	// it is the agent's report.
-	CloudBoundBy string    `json:"cloud_bound_by,omitempty"`
-	EnrolledAt   time.Time `json:"enrolled_at"`
-	LastOrder    string    `json:"last_order,omitempty"`
+	CloudBoundBy string `json:"cloud_bound_by,omitempty"`
+	// CloudState is the cloud layer's state after the host's last order
+	// (api.Order.CloudState), "" when it has none.
+	CloudState string    `json:"cloud_state,omitempty"`
+	EnrolledAt time.Time `json:"enrolled_at"`
+	LastOrder  string    `json:"last_order,omitempty"`
 }
 
 // Order is an order and what came of it.

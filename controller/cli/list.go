@@ -52,6 +52,9 @@ func runHosts(ctx context.Context, g *globals) error {
 		cloudID := ""
 		if h.CloudProvider != "" {
 			cloudID = clip(strings.TrimSpace(h.CloudProvider+" "+h.CloudInstanceID), 30)
+			if h.CloudState != "" {
+				cloudID += " (" + h.CloudState + ")"
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", h.Name, conn, state, ago(h.StateSince, now), ago(h.LastSeen, now),
 			dash(h.Addr), dash(cloudID), repairs, dash(clip(h.Plugin, 40)), dash(clip(h.PluginReason, 80)))

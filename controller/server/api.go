@@ -613,7 +613,23 @@ func apiSnapshot(s store.Snapshot) api.Snapshot {
 
 func (s *Server) hosts(ctx context.Context, _ operator, _ api.HostsArgs) (any, error) {
 	var hosts []store.Host
-	if err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { hosts, err = tx.Hosts(); return }); err != nil {
+	// The cloud layer's state is that of the host's last order.
+	cloudState := map[string]string{}
+	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) {
+		if hosts, err = tx.Hosts(); err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			if h.LastOrder == "" {
+				continue
+			}
+			if o, err := tx.Order(h.LastOrder); err == nil {
+				cloudState[h.Name] = o.CloudState
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	out := []api.Host{}
@@ -623,7 +639,7 @@ func (s *Server) hosts(ctx context.Context, _ operator, _ api.HostsArgs) (any, e
 			Hostname: h.Hostname, MachineID: h.MachineID, Agent: h.AgentVersion, Plugin: h.Plugin, PluginReason: h.PluginReason, EnrolledAt: h.EnrolledAt,
 			Repairs: h.Repairs, LastRepair: h.LastRepair, LastRepairDetail: h.LastRepairDetail,
 			CloudProvider: h.CloudProvider, CloudInstanceID: h.CloudInstanceID, CloudBoundBy: h.CloudBoundBy,
-			LastOrder: h.LastOrder})
+			CloudState: cloudState[h.Name], LastOrder: h.LastOrder})
 	}
 	return out, nil
 }

@@ -84,6 +84,11 @@ func TestControllerIsolatesBothLayers(t *testing.T) {
 	if got := f.eniGroups(eni); !slices.Equal(got, []string{web}) {
 		t.Errorf("%s groups after release = %v, want the original %s", eni, got, web)
 	}
+	var hosts []api.Host
+	json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpHosts}).Result, &hosts)
+	if len(hosts) != 1 || hosts[0].CloudState != server.CloudReleased || hosts[0].State == "" {
+		t.Errorf("hosts after release: %+v; want both layers' states", hosts)
+	}
 	var audit []api.AuditEntry
 	json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpAudit}).Result, &audit)
 	var actions []string
