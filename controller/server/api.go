@@ -550,9 +550,11 @@ func (s *Server) newOrder(ctx context.Context, op operator, host string, kind wi
 	if kind != wire.KindSnapshot {
 		if _, _, ok := s.cloudInstance(hostRec); ok {
 			o.CloudState = CloudApplying
-			go s.applyCloud(*o, hostRec, s.cloudPolicy(host, pol), cloud.Options{Tag: true, Incident: incident,
+			ord, p := *o, s.cloudPolicy(host, pol)
+			opts := cloud.Options{Tag: true, Incident: incident,
 				Snapshot: pol.cloud.Snapshot, TerminationProtection: pol.cloud.TerminationProtection,
-				Detach: pol.cloud.Detach, RevokeSessions: pol.cloud.RevokeSessions})
+				Detach: pol.cloud.Detach, RevokeSessions: pol.cloud.RevokeSessions}
+			s.cloudJob(host, func() { s.applyCloud(ord, hostRec, p, opts) })
 		}
 	}
 	out := s.apiOrder(*o)

@@ -188,3 +188,35 @@ func cloudOptionsJSON(o api.CloudOptions) string {
 	b, _ := json.Marshal(o)
 	return string(b)
 }
+
+// cloudJob queues a cloud layer step of a host: the steps of one host run
+// one at a time, in the order queued (an isolate issued just before a
+// release finishes first, so the release is what stands), on a goroutine
+// of their own, so that no order waits for another host's provider.
+func (s *Server) cloudJob(host string, job func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cloudQueues == nil {
+		s.cloudQueues = map[string][]func(){}
+	}
+	q, running := s.cloudQueues[host]
+	s.cloudQueues[host] = append(q, job)
+	if running {
+		return
+	}
+	go func() {
+		for {
+			s.mu.Lock()
+			q := s.cloudQueues[host]
+			if len(q) == 0 {
+				delete(s.cloudQueues, host)
+				s.mu.Unlock()
+				return
+			}
+			next := q[0]
+			s.cloudQueues[host] = q[1:]
+			s.mu.Unlock()
+			next()
+		}
+	}()
+}

@@ -76,6 +76,9 @@ type Server struct {
 	// operators maps live operator connections to their key fingerprint.
 	operators map[*ssh.ServerConn]string
 	wg        sync.WaitGroup
+	// cloudQueues hold each host's cloud layer steps, carried out one at
+	// a time in the order the orders were issued (cloudJob).
+	cloudQueues map[string][]func()
 }
 
 // New checks cfg and returns a Server.

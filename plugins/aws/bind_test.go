@@ -80,3 +80,29 @@ func TestControllerCloudOptions(t *testing.T) {
 		t.Error("termination protection not turned on")
 	}
 }
+
+// TestControllerCloudStepsInOrder: an isolate and a release issued back to
+// back reach the provider in that order, so the release is what stands.
+func TestControllerCloudStepsInOrder(t *testing.T) {
+	f := newFakeEC2(t)
+	f.addVPC(vpcID)
+	web := f.addGroup(vpcID, "web")
+	eni := f.addInstance(instID, vpcID, nil, eniSpec{ip: "127.0.0.1", groups: []string{web}})[0]
+	ctl := startController(t, map[string]cloud.Layer{"aws": launchAgainst(t, f, io.Discard)})
+	ctl.enrollAgent(t, "pay-db-01", "aws", instID)
+	op := ctl.dial(t, "op", ssh.PublicKeys(ctl.admin))
+	for range 3 {
+		iso, _ := json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "r"})
+		rel, _ := json.Marshal(api.ReleaseArgs{Host: "pay-db-01", Reason: "r"})
+		apiCall(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: iso})
+		var ord api.Order
+		json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpRelease, Args: rel}).Result, &ord)
+		got := waitOrder(t, op, ord.ID, func(o api.Order) bool { return o.CloudState != "" && o.CloudState != server.CloudApplying })
+		if got.CloudState != server.CloudReleased {
+			t.Fatalf("release right after isolate: %q %q", got.CloudState, got.CloudError)
+		}
+		if g := f.eniGroups(eni); !slices.Equal(g, []string{web}) {
+			t.Fatalf("%s groups after isolate then release = %v, want the original", eni, g)
+		}
+	}
+}
