@@ -262,10 +262,23 @@ func (s *Server) reconcile(ctx context.Context, a *agentConn, hello *wire.Hello)
 		}
 		h.LastSeen, h.Addr = now, a.conn.RemoteAddr().String()
 		h.Hostname, h.MachineID, h.BootID, h.AgentVersion = hello.Hostname, hello.MachineID, hello.BootID, hello.AgentVersion
-		if h.CloudBoundBy == "" {
-			// What the agent reports, checked with the provider at each
-			// order; an operator's binding stands as set.
+		switch {
+		case h.CloudBoundBy == "":
+			// What the agent reports, checked with the provider at the
+			// next order.
 			h.CloudProvider, h.CloudInstanceID = hello.CloudProvider, hello.CloudInstanceID
+		case hello.CloudProvider != h.CloudProvider || hello.CloudInstanceID != h.CloudInstanceID:
+			// A binding confirmed by the provider, or set by an operator,
+			// stands: an agent that now names another instance, or none,
+			// could be switching the cloud layer off.
+			if err := tx.AddAudit(store.Audit{At: now, Actor: h.Name, ActorKey: h.Fingerprint, Action: "cloud-binding-mismatch", Host: h.Name,
+				Detail: fmt.Sprintf("the agent reports %s instance %q, but the host stays bound to %s instance %s (bound by %s); 'cordon host bind %s --clear' if it really moved",
+					dashIfEmpty(hello.CloudProvider), hello.CloudInstanceID, h.CloudProvider, h.CloudInstanceID, h.CloudBoundBy, h.Name)}); err != nil {
+				return err
+			}
+		}
+		if a.local.IsValid() && !a.local.Addr().IsUnspecified() {
+			h.ControllerEndpoint = a.local.String()
 		}
 		h.Plugin, h.PluginReason = fw.Plugin, fw.PluginReason
 		if fw.Version != "" {

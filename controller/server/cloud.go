@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"unicode/utf8"
 	"net/netip"
 	"slices"
 	"strings"
@@ -84,6 +85,9 @@ func (s *Server) applyCloud(o store.Order, h store.Host, pol policy.Policy, opts
 		}
 	} else {
 		found, err = confirmBinding(ctx, layer, inst, agentIP(h.Addr))
+		if err == nil {
+			s.confirmBound(h.Name, inst)
+		}
 	}
 	var a cloud.Applied
 	if err == nil {
@@ -145,12 +149,18 @@ func agentIP(addr string) netip.Addr {
 	return ap.Addr()
 }
 
-// clip shortens s to at most n bytes.
+// clip shortens s to at most n bytes, on a character boundary, marking
+// the cut.
 func clip(s string, n int) string {
 	if len(s) <= n {
 		return s
 	}
-	return s[:n]
+	const mark = " …(cut)"
+	s = s[:max(n-len(mark), 0)]
+	for len(s) > 0 && !utf8.ValidString(s) {
+		s = s[:len(s)-1]
+	}
+	return s + mark
 }
 
 // cloudPolicy is the policy of a host's cloud layer: the controller
@@ -164,7 +174,15 @@ func (s *Server) cloudPolicy(host string, op orderPolicy) policy.Policy {
 	if a != nil {
 		p.Controllers = s.endpoints(a)
 	} else {
+		// The agent is offline (perhaps killed by the attacker): the
+		// endpoint it last connected to, and those advertised.
 		p.Controllers = append(p.Controllers, s.cfg.Advertise...)
+		var h store.Host
+		if err := s.cfg.Store.View(context.Background(), func(tx store.Tx) (err error) { h, err = tx.Host(host); return }); err == nil {
+			if ap, err := netip.ParseAddrPort(h.ControllerEndpoint); err == nil {
+				p.Controllers = append(p.Controllers, policy.Endpoint{Addr: ap.Addr().Unmap(), Port: ap.Port()})
+			}
+		}
 	}
 	for _, c := range op.allow {
 		if pfx, err := policy.ParsePrefix(c); err == nil {
@@ -219,4 +237,60 @@ func (s *Server) cloudJob(host string, job func()) {
 			next()
 		}
 	}()
+}
+
+// confirmBound keeps a binding the provider confirmed: the agent's later
+// reports no longer change it (hello reports a mismatch instead).
+func (s *Server) confirmBound(host string, inst cloud.Instance) {
+	err := s.cfg.Store.Update(context.Background(), func(tx store.Tx) error {
+		h, err := tx.Host(host)
+		if err != nil || h.CloudBoundBy != "" || h.CloudProvider != inst.Provider || h.CloudInstanceID != inst.ID {
+			return err
+		}
+		h.CloudBoundBy = "provider"
+		return tx.PutHost(h)
+	})
+	if err != nil {
+		s.log.Error("cloud binding not kept", "host", host, "err", err)
+	}
+}
+
+// resumeCloud marks the cloud steps a previous run of the controller left
+// unfinished as failed, saying so, so that no order shows "applying"
+// forever; the operator issues the order again (isolating is idempotent at
+// the provider, and so is releasing).
+func (s *Server) resumeCloud(ctx context.Context) error {
+	return s.cfg.Store.Update(ctx, func(tx store.Tx) error {
+		hosts, err := tx.Hosts()
+		if err != nil {
+			return err
+		}
+		for _, h := range hosts {
+			orders, err := tx.Orders(h.Name, 20)
+			if err != nil {
+				return err
+			}
+			for _, o := range orders {
+				if o.CloudState != CloudApplying {
+					continue
+				}
+				o.CloudState = CloudFailed
+				o.CloudError = "interrupted: the controller stopped while the cloud layer was being applied; its state at the provider is unknown: issue the order again"
+				if err := tx.PutOrder(o); err != nil {
+					return err
+				}
+				if err := tx.AddAudit(store.Audit{At: time.Now().UTC(), Actor: "controller", Action: "cloud-failed", Host: h.Name, OrderID: o.ID, Detail: o.CloudError}); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func dashIfEmpty(s string) string {
+	if s == "" {
+		return "no"
+	}
+	return s
 }

@@ -117,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 // Serve accepts connections on ln until ctx ends, then closes ln and every
 // connection and waits for their handlers to return.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := s.resumeCloud(ctx); err != nil {
+		return fmt.Errorf("cloud steps left unfinished: %w", err)
+	}
 	s.log.Info("listening", "addr", ln.Addr().String(), "host_key", sshkey.Fingerprint(s.cfg.HostKey.PublicKey()))
 	stop := context.AfterFunc(ctx, func() {
 		ln.Close()

@@ -166,6 +166,8 @@ ALTER TABLE hosts ADD COLUMN cloud_project TEXT NOT NULL DEFAULT '';
 ALTER TABLE hosts ADD COLUMN cloud_bound_by TEXT NOT NULL DEFAULT '';
 `, `
 ALTER TABLE orders ADD COLUMN cloud_options TEXT NOT NULL DEFAULT '';
+`, `
+ALTER TABLE hosts ADD COLUMN controller_endpoint TEXT NOT NULL DEFAULT '';
 `}
 
 func (s *SQLite) migrate(ctx context.Context) error {
@@ -325,12 +327,12 @@ func (t *sqliteTx) UseToken(hash, host string, now time.Time) error {
 
 const hostCols = `name, fingerprint, public_key, enrolled_at, state, state_reason, state_since, desired, last_order,
 	isolate_order, digest, last_seen, addr, hostname, machine_id, boot_id, agent_version, plugin, plugin_reason,
-	repairs, last_repair, last_repair_detail, cloud_provider, cloud_instance_id, cloud_region, cloud_zone, cloud_project, cloud_bound_by`
+	repairs, last_repair, last_repair_detail, cloud_provider, cloud_instance_id, cloud_region, cloud_zone, cloud_project, cloud_bound_by, controller_endpoint`
 
 func hostArgs(h Host) []any {
 	return []any{h.Name, h.Fingerprint, h.PublicKey, ns(h.EnrolledAt), h.State, h.StateReason, ns(h.StateSince),
 		h.Desired, h.LastOrder, h.IsolateOrder, h.Digest, ns(h.LastSeen), h.Addr, h.Hostname, h.MachineID, h.BootID,
-		h.AgentVersion, h.Plugin, h.PluginReason, h.Repairs, ns(h.LastRepair), h.LastRepairDetail, h.CloudProvider, h.CloudInstanceID, h.CloudRegion, h.CloudZone, h.CloudProject, h.CloudBoundBy}
+		h.AgentVersion, h.Plugin, h.PluginReason, h.Repairs, ns(h.LastRepair), h.LastRepairDetail, h.CloudProvider, h.CloudInstanceID, h.CloudRegion, h.CloudZone, h.CloudProject, h.CloudBoundBy, h.ControllerEndpoint}
 }
 
 type scanner interface{ Scan(...any) error }
@@ -340,13 +342,13 @@ func scanHost(r scanner) (Host, error) {
 	var enrolled, since, seen, repaired int64
 	err := r.Scan(&h.Name, &h.Fingerprint, &h.PublicKey, &enrolled, &h.State, &h.StateReason, &since, &h.Desired,
 		&h.LastOrder, &h.IsolateOrder, &h.Digest, &seen, &h.Addr, &h.Hostname, &h.MachineID, &h.BootID,
-		&h.AgentVersion, &h.Plugin, &h.PluginReason, &h.Repairs, &repaired, &h.LastRepairDetail, &h.CloudProvider, &h.CloudInstanceID, &h.CloudRegion, &h.CloudZone, &h.CloudProject, &h.CloudBoundBy)
+		&h.AgentVersion, &h.Plugin, &h.PluginReason, &h.Repairs, &repaired, &h.LastRepairDetail, &h.CloudProvider, &h.CloudInstanceID, &h.CloudRegion, &h.CloudZone, &h.CloudProject, &h.CloudBoundBy, &h.ControllerEndpoint)
 	h.EnrolledAt, h.StateSince, h.LastSeen, h.LastRepair = fromNS(enrolled), fromNS(since), fromNS(seen), fromNS(repaired)
 	return h, err
 }
 
 func (t *sqliteTx) AddHost(h Host) error {
-	_, err := t.tx.Exec(`INSERT INTO hosts(`+hostCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, hostArgs(h)...)
+	_, err := t.tx.Exec(`INSERT INTO hosts(`+hostCols+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`, hostArgs(h)...)
 	if isUnique(err) {
 		return fmt.Errorf("host %s: %w", h.Name, ErrExists)
 	}
@@ -384,7 +386,7 @@ func (t *sqliteTx) PutHost(h Host) error {
 	args := append(hostArgs(h)[1:], h.Name)
 	res, err := t.tx.Exec(`UPDATE hosts SET fingerprint=?, public_key=?, enrolled_at=?, state=?, state_reason=?,
 		state_since=?, desired=?, last_order=?, isolate_order=?, digest=?, last_seen=?, addr=?, hostname=?, machine_id=?,
-		boot_id=?, agent_version=?, plugin=?, plugin_reason=?, repairs=?, last_repair=?, last_repair_detail=?, cloud_provider=?, cloud_instance_id=?, cloud_region=?, cloud_zone=?, cloud_project=?, cloud_bound_by=? WHERE name = ?`, args...)
+		boot_id=?, agent_version=?, plugin=?, plugin_reason=?, repairs=?, last_repair=?, last_repair_detail=?, cloud_provider=?, cloud_instance_id=?, cloud_region=?, cloud_zone=?, cloud_project=?, cloud_bound_by=?, controller_endpoint=? WHERE name = ?`, args...)
 	if err != nil {
 		return err
 	}

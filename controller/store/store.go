@@ -153,8 +153,14 @@ type Host struct {
 	// CloudBoundBy is "" when the cloud instance is what the agent
 	// reports (checked with the provider at each order), or the operator
 	// who bound it by hand (trusted as set; agents' reports no longer
-	// change it).
+	// change it), or "provider" once the provider confirmed the agent's
+	// report (kept thereafter: an agent that later names another instance
+	// or none is reported, not followed).
 	CloudBoundBy string
+	// ControllerEndpoint is the controller address and port the agent
+	// last connected to ("198.18.0.1:7443"), for the cloud layer of an
+	// order issued while the agent is offline.
+	ControllerEndpoint string
 }
 
 // Order states.

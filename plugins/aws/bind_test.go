@@ -5,6 +5,7 @@ import (
 	"io"
 	"slices"
 	"testing"
+	"time"
 
 	"golang.org/x/crypto/ssh"
 
@@ -104,5 +105,82 @@ func TestControllerCloudStepsInOrder(t *testing.T) {
 		if g := f.eniGroups(eni); !slices.Equal(g, []string{web}) {
 			t.Fatalf("%s groups after isolate then release = %v, want the original", eni, g)
 		}
+	}
+}
+
+// TestControllerKeepsConfirmedBinding: once the provider confirmed the
+// instance an agent reported, the agent cannot switch the cloud layer off
+// by naming no instance later: the binding stays, the next isolation still
+// reaches the provider, and the mismatch is in the audit trail.
+func TestControllerKeepsConfirmedBinding(t *testing.T) {
+	f := newFakeEC2(t)
+	f.addVPC(vpcID)
+	web := f.addGroup(vpcID, "web")
+	eni := f.addInstance(instID, vpcID, nil, eniSpec{ip: "127.0.0.1", groups: []string{web}})[0]
+	ctl := startController(t, map[string]cloud.Layer{"aws": launchAgainst(t, f, io.Discard)})
+	agent, key := ctl.enrollAgentKey(t, "pay-db-01", "aws", instID)
+	op := ctl.dial(t, "op", ssh.PublicKeys(ctl.admin))
+	order := func(opName string, a any) api.Order {
+		args, _ := json.Marshal(a)
+		var o api.Order
+		json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: opName, Args: args}).Result, &o)
+		return waitOrder(t, op, o.ID, func(o api.Order) bool { return o.CloudState != "" && o.CloudState != server.CloudApplying })
+	}
+	if o := order(api.OpIsolate, api.IsolateArgs{Host: "pay-db-01", Reason: "r"}); o.CloudState != server.CloudIsolated {
+		t.Fatalf("first isolation: %q %q", o.CloudState, o.CloudError)
+	}
+	if o := order(api.OpRelease, api.ReleaseArgs{Host: "pay-db-01", Reason: "r"}); o.CloudState != server.CloudReleased {
+		t.Fatalf("release: %q %q", o.CloudState, o.CloudError)
+	}
+	// The agent comes back naming no instance.
+	agent.Close()
+	again := ctl.dial(t, "pay-db-01", ssh.PublicKeys(key))
+	ctl.hello(t, again, "pay-db-01", "", "")
+	if o := order(api.OpIsolate, api.IsolateArgs{Host: "pay-db-01", Reason: "r"}); o.CloudState != server.CloudIsolated {
+		t.Fatalf("isolation after the agent stopped naming its instance: %q %q", o.CloudState, o.CloudError)
+	}
+	if g := f.eniGroups(eni); slices.Equal(g, []string{web}) {
+		t.Errorf("%s left in its original groups", eni)
+	}
+	var audit []api.AuditEntry
+	json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpAudit}).Result, &audit)
+	if !slices.ContainsFunc(audit, func(e api.AuditEntry) bool { return e.Action == "cloud-binding-mismatch" }) {
+		t.Error("no cloud-binding-mismatch in the audit trail")
+	}
+}
+
+// TestControllerOfflineHost: a host whose agent is offline (killed, say)
+// still gets the cloud layer, allowing the controller endpoint the agent
+// last connected to.
+func TestControllerOfflineHost(t *testing.T) {
+	f := newFakeEC2(t)
+	f.addVPC(vpcID)
+	web := f.addGroup(vpcID, "web")
+	eni := f.addInstance(instID, vpcID, nil, eniSpec{ip: "127.0.0.1", groups: []string{web}})[0]
+	ctl := startController(t, map[string]cloud.Layer{"aws": launchAgainst(t, f, io.Discard)})
+	agent := ctl.enrollAgent(t, "pay-db-01", "aws", instID)
+	op := ctl.dial(t, "op", ssh.PublicKeys(ctl.admin))
+	agent.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var hosts []api.Host
+		json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpHosts}).Result, &hosts)
+		if len(hosts) == 1 && !hosts[0].Online {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("agent still online")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	args, _ := json.Marshal(api.IsolateArgs{Host: "pay-db-01", Reason: "agent killed"})
+	var ord api.Order
+	json.Unmarshal(apiCall(t, op, api.Request{V: wire.Version, Op: api.OpIsolate, Args: args}).Result, &ord)
+	got := waitOrder(t, op, ord.ID, func(o api.Order) bool { return o.CloudState != "" && o.CloudState != server.CloudApplying })
+	if got.CloudState != server.CloudIsolated {
+		t.Fatalf("cloud layer of an offline host: %q %q", got.CloudState, got.CloudError)
+	}
+	if g := f.eniGroups(eni); slices.Equal(g, []string{web}) {
+		t.Errorf("%s left in its original groups", eni)
 	}
 }

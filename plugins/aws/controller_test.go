@@ -219,6 +219,13 @@ func (c *controller) dial(t *testing.T, user string, auth ...ssh.AuthMethod) *ss
 // (the host is online).
 func (c *controller) enrollAgent(t *testing.T, name, provider, instance string) *ssh.Client {
 	t.Helper()
+	cl, _ := c.enrollAgentKey(t, name, provider, instance)
+	return cl
+}
+
+// enrollAgentKey is enrollAgent that also returns the agent's key.
+func (c *controller) enrollAgentKey(t *testing.T, name, provider, instance string) (*ssh.Client, ssh.Signer) {
+	t.Helper()
 	var token string
 	if err := c.st.Update(context.Background(), func(tx store.Tx) (err error) {
 		token, _, err = server.MintToken(tx, "admin", time.Hour, time.Now())
@@ -226,9 +233,17 @@ func (c *controller) enrollAgent(t *testing.T, name, provider, instance string) 
 	}); err != nil {
 		t.Fatal(err)
 	}
-	cl := c.dial(t, name, ssh.PublicKeys(newSigner(t)), ssh.KeyboardInteractive(func(_, _ string, q []string, _ []bool) ([]string, error) {
+	key := newSigner(t)
+	cl := c.dial(t, name, ssh.PublicKeys(key), ssh.KeyboardInteractive(func(_, _ string, q []string, _ []bool) ([]string, error) {
 		return []string{token}, nil
 	}))
+	c.hello(t, cl, name, provider, instance)
+	return cl, key
+}
+
+// hello says hello on an agent connection.
+func (c *controller) hello(t *testing.T, cl *ssh.Client, name, provider, instance string) {
+	t.Helper()
 	ch, reqs, err := cl.OpenChannel(wire.ChanHello, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -241,7 +256,6 @@ func (c *controller) enrollAgent(t *testing.T, name, provider, instance string) 
 		t.Fatalf("hello: %v %+v", err, ack)
 	}
 	ch.Close()
-	return cl
 }
 
 func apiCall(t *testing.T, c *ssh.Client, req api.Request) api.Response {

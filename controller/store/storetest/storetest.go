@@ -104,6 +104,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		got.Repairs, got.LastRepair, got.LastRepairDetail = 2, now.Add(2*time.Second), "chain input missing; repaired in 40ms"
 		got.CloudProvider, got.CloudInstanceID = "aws", "i-0123456789abcdef0"
 		got.CloudRegion, got.CloudZone, got.CloudProject, got.CloudBoundBy = "eu-west-1", "", "", "admin"
+		got.ControllerEndpoint = "198.18.0.1:7443"
 		mustUpdate(t, s, func(tx store.Tx) error { return tx.PutHost(got) })
 		var again store.Host
 		mustView(t, s, func(tx store.Tx) (err error) { again, err = tx.Host(host.Name); return })
