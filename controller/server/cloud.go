@@ -4,11 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"unicode/utf8"
 	"net/netip"
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/cordon-ir/cordon/controller/api"
 	"github.com/cordon-ir/cordon/controller/store"
