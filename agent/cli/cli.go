@@ -3,6 +3,7 @@
 package cli
 
 import (
+	"encoding/hex"
 	"bytes"
 	"context"
 	"errors"
@@ -75,7 +76,7 @@ func defaults() Config {
 func LoadFile(path string, into *Config) error {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return usageError{fmt.Errorf("configuration file: %w", err)}
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
@@ -296,6 +297,11 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	}
 	if !wire.ValidHostName(cfg.Name) {
 		return usageError{fmt.Errorf("--name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)}
+	}
+	if sum := strings.TrimPrefix(cfg.PluginSHA256, "sha256:"); sum != "" {
+		if b, err := hex.DecodeString(sum); err != nil || len(b) != 32 {
+			return usageError{fmt.Errorf("--plugin-sha256 %q: want 64 hex digits (sha256sum of the plugin)", cfg.PluginSHA256)}
+		}
 	}
 	if cfg.Plugin == firewall.Auto && cfg.PluginSHA256 != "" {
 		return usageError{errors.New("--plugin-sha256 pins one plugin's executable: name it with --plugin (nftables or iptables) instead of auto")}

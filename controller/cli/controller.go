@@ -156,7 +156,7 @@ func newControllerServeCmd(g *globals) *cobra.Command {
 	f.StringVar(&o.dataDir, "data-dir", "/var/lib/cordon", "controller data `directory` (made by 'cordon controller init')")
 	f.StringVar(&o.listen, "listen", ":7443", "SSH listen address `host:port`")
 	f.StringArrayVar(&o.advertise, "advertise", nil, "extra controller endpoint `ip:port` that isolated agents must keep reaching (repeatable)")
-	f.StringArrayVar(&o.clouds, "cloud", nil, "cloud `provider` whose containment layer to add for hosts that run there: aws (repeatable; runs cordon-plugin-PROVIDER with the controller's own credentials from the SDK's standard chain)")
+	f.StringArrayVar(&o.clouds, "cloud", nil, "cloud `provider` whose containment layer to add for hosts that run there: aws, azure or gcp (repeatable; runs cordon-plugin-PROVIDER with the controller's own credentials from the SDK's standard chain)")
 	f.StringVar(&o.pluginDir, "plugin-dir", "/usr/lib/cordon/plugins", "`directory` of the cloud plugins")
 	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -167,6 +167,14 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	log, err := logging.New(os.Stderr, o.logFormat, o.logLevel)
 	if err != nil {
 		return usageErr("%v", err)
+	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		return usageErr("--listen %q: want host:port", o.listen)
+	}
+	for _, p := range o.clouds {
+		if p != "aws" && p != "azure" && p != "gcp" {
+			return usageErr("--cloud %q: want aws, azure or gcp", p)
+		}
 	}
 	var adv []policy.Endpoint
 	for _, a := range o.advertise {

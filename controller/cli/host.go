@@ -16,7 +16,7 @@ func newHostCmd(g *globals) *cobra.Command {
 	}
 	var a api.HostBindArgs
 	bind := &cobra.Command{
-		Use:   "bind NAME --cloud aws|azure|gcp --instance ID [--region R] [--zone Z] [--project P] | bind NAME --clear",
+		Use:   "bind NAME --cloud aws|azure|gcp --instance ID [--region R] [--zone Z] [--project P] | host bind NAME --clear",
 		Short: "Bind a host to its cloud instance by hand (role admin)",
 		Long: `Bind a host to its cloud instance by hand, for an agent that cannot name
 its instance (Azure, Google Cloud) or connects through NAT (its address is then
@@ -27,6 +27,9 @@ Azure VM's resource id. --clear goes back to the agent's own report.`,
 		Args: exactArgs(1, "a host name"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			a.Host = args[0]
+			if a.Clear && (a.Provider != "" || a.Instance != "" || a.Region != "" || a.Zone != "" || a.Project != "") {
+				return usageErr("--clear takes no other flag: it removes the binding set by hand")
+			}
 			if !a.Clear && (a.Provider == "" || a.Instance == "") {
 				return usageErr("--cloud and --instance are required (or --clear)")
 			}
