@@ -3,9 +3,9 @@
 package cli
 
 import (
-	"encoding/hex"
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
