@@ -2,13 +2,10 @@ package cloud
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,6 +15,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
+	"github.com/cordon-ir/cordon/pkg/pluginproc"
 	"github.com/cordon-ir/cordon/pkg/policy"
 )
 
@@ -96,23 +94,16 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		}
 	}
 	path := cfg.Path()
-	st, err := os.Stat(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s does not exist", ErrPluginNotFound, path)
+	if err := pluginproc.Check(path); err != nil {
+		var nf *pluginproc.NotFoundError
+		if errors.As(err, &nf) {
+			return nil, fmt.Errorf("%w: %s", ErrPluginNotFound, nf)
 		}
 		return nil, fmt.Errorf("plugin %s: %w", path, err)
 	}
-	if st.IsDir() || st.Mode()&0o111 == 0 {
-		return nil, fmt.Errorf("%w: %s is not an executable file", ErrPluginNotFound, path)
-	}
-	var secure *plugin.SecureConfig
-	if cfg.SHA256 != "" {
-		sum, err := hex.DecodeString(strings.TrimPrefix(cfg.SHA256, "sha256:"))
-		if err != nil || len(sum) != sha256.Size {
-			return nil, fmt.Errorf("plugin checksum %q: want 64 hex digits", cfg.SHA256)
-		}
-		secure = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	secure, err := pluginproc.Pin(cfg.SHA256)
+	if err != nil {
+		return nil, err
 	}
 	timeout := cfg.StartTimeout
 	if timeout == 0 {
@@ -122,23 +113,8 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
-	cmd := exec.Command(path)
-	// The plugin must not outlive the controller (DESIGN.md §5: never an
-	// orphan process).
-	dieWithParent(cmd)
-	env := os.Environ()
-	for _, kv := range cfg.Env {
-		env = setEnv(env, kv)
-	}
-	var sock *plugin.UnixSocketConfig
-	if cfg.SocketDir != "" {
-		sock = &plugin.UnixSocketConfig{TempDir: cfg.SocketDir}
-		// go-plugin's default runner does not pass the socket directory on
-		// (only a custom RunnerFunc does): the plugin makes its socket
-		// with os.CreateTemp in $TMPDIR, so point that at SocketDir too.
-		env = setEnv(env, "TMPDIR="+cfg.SocketDir)
-	}
-	cmd.Env = env
+	// SocketDir, when set, wins over TMPDIR in Env.
+	cmd, sock := pluginproc.Command(path, cfg.Env, cfg.SocketDir)
 	tail := &tailWriter{max: 1024}
 	pc := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
@@ -184,18 +160,6 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 func firstParagraph(err error) string {
 	s, _, _ := strings.Cut(err.Error(), "\nThis usually means")
 	return strings.Join(strings.Fields(s), " ")
-}
-
-// setEnv returns env with kv ("KEY=value") replacing any variable KEY.
-func setEnv(env []string, kv string) []string {
-	key, _, _ := strings.Cut(kv, "=")
-	out := env[:0:0]
-	for _, e := range env {
-		if !strings.HasPrefix(e, key+"=") {
-			out = append(out, e)
-		}
-	}
-	return append(out, kv)
 }
 
 // tailWriter keeps the last max bytes written to it: the end of a plugin's

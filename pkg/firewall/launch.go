@@ -2,18 +2,15 @@ package firewall
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
-	"strings"
 	"time"
 
+	"github.com/cordon-ir/cordon/pkg/pluginproc"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
@@ -72,23 +69,16 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		return nil, fmt.Errorf("plugin name %q: want lowercase letters, digits, '-' or '_'", cfg.Name)
 	}
 	path := cfg.Path()
-	st, err := os.Stat(path)
-	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("%w: %s does not exist", ErrPluginNotFound, path)
+	if err := pluginproc.Check(path); err != nil {
+		var nf *pluginproc.NotFoundError
+		if errors.As(err, &nf) {
+			return nil, fmt.Errorf("%w: %s", ErrPluginNotFound, nf)
 		}
 		return nil, fmt.Errorf("plugin %s: %w", path, err)
 	}
-	if st.IsDir() || st.Mode()&0o111 == 0 {
-		return nil, fmt.Errorf("%w: %s is not an executable file", ErrPluginNotFound, path)
-	}
-	var secure *plugin.SecureConfig
-	if cfg.SHA256 != "" {
-		sum, err := hex.DecodeString(strings.TrimPrefix(cfg.SHA256, "sha256:"))
-		if err != nil || len(sum) != sha256.Size {
-			return nil, fmt.Errorf("plugin checksum %q: want 64 hex digits", cfg.SHA256)
-		}
-		secure = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	secure, err := pluginproc.Pin(cfg.SHA256)
+	if err != nil {
+		return nil, err
 	}
 	timeout := cfg.StartTimeout
 	if timeout == 0 {
@@ -98,18 +88,7 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
-	cmd := exec.Command(path)
-	// The plugin must not outlive the host process (DESIGN.md §5: never an
-	// orphan process).
-	dieWithParent(cmd)
-	var sock *plugin.UnixSocketConfig
-	if cfg.SocketDir != "" {
-		sock = &plugin.UnixSocketConfig{TempDir: cfg.SocketDir}
-		// go-plugin's default runner does not pass the socket directory on
-		// (only a custom RunnerFunc does): the plugin makes its socket
-		// with os.CreateTemp in $TMPDIR, so point that at SocketDir too.
-		cmd.Env = append(withoutEnv(os.Environ(), "TMPDIR"), "TMPDIR="+cfg.SocketDir)
-	}
+	cmd, sock := pluginproc.Command(path, nil, cfg.SocketDir)
 	pc := plugin.NewClient(&plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		Plugins:          plugin.PluginSet{PluginName: &GRPCPlugin{}},
@@ -118,7 +97,7 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
 		StartTimeout:     timeout,
 		UnixSocketConfig: sock,
-		SkipHostEnv:      cmd.Env != nil, // cmd.Env already holds it
+		SkipHostEnv:      true, // cmd.Env already holds it
 		Logger: hclog.New(&hclog.LoggerOptions{
 			Name:   "plugin." + cfg.Name,
 			Output: stderr,
@@ -144,17 +123,6 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		return nil, fmt.Errorf("plugin %s does not serve the Firewall interface", path)
 	}
 	return &Client{pc: pc, fw: fw, path: path}, nil
-}
-
-// withoutEnv returns env without the variables named key.
-func withoutEnv(env []string, key string) []string {
-	out := env[:0:0]
-	for _, kv := range env {
-		if !strings.HasPrefix(kv, key+"=") {
-			out = append(out, kv)
-		}
-	}
-	return out
 }
 
 // Exited reports whether the plugin process has ended.
