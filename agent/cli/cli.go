@@ -5,7 +5,6 @@ package cli
 import (
 	"bytes"
 	"context"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +23,7 @@ import (
 	"github.com/cordon-ir/cordon/agent"
 	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/logging"
+	"github.com/cordon-ir/cordon/pkg/pluginproc"
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 	"github.com/cordon-ir/cordon/pkg/wire"
@@ -298,10 +298,8 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if !wire.ValidHostName(cfg.Name) {
 		return usageError{fmt.Errorf("--name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)}
 	}
-	if sum := strings.TrimPrefix(cfg.PluginSHA256, "sha256:"); sum != "" {
-		if b, err := hex.DecodeString(sum); err != nil || len(b) != 32 {
-			return usageError{fmt.Errorf("--plugin-sha256 %q: want 64 hex digits (sha256sum of the plugin)", cfg.PluginSHA256)}
-		}
+	if _, err := pluginproc.Pin(cfg.PluginSHA256); err != nil {
+		return usageError{fmt.Errorf("--plugin-sha256: %w (sha256sum of the plugin)", err)}
 	}
 	if cfg.Plugin == firewall.Auto && cfg.PluginSHA256 != "" {
 		return usageError{errors.New("--plugin-sha256 pins one plugin's executable: name it with --plugin (nftables or iptables) instead of auto")}
