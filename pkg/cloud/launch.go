@@ -5,14 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 
 	"github.com/cordon-ir/cordon/pkg/pluginproc"
@@ -94,58 +91,21 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		}
 	}
 	path := cfg.Path()
-	if err := pluginproc.Check(path); err != nil {
-		var nf *pluginproc.NotFoundError
-		if errors.As(err, &nf) {
-			return nil, fmt.Errorf("%w: %s", ErrPluginNotFound, nf)
-		}
-		return nil, fmt.Errorf("plugin %s: %w", path, err)
-	}
-	secure, err := pluginproc.Pin(cfg.SHA256)
-	if err != nil {
-		return nil, err
-	}
-	timeout := cfg.StartTimeout
-	if timeout == 0 {
-		timeout = 10 * time.Second
-	}
-	stderr := cfg.Stderr
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	// SocketDir, when set, wins over TMPDIR in Env.
-	cmd, sock := pluginproc.Command(path, cfg.Env, cfg.SocketDir)
-	tail := &tailWriter{max: 1024}
-	pc := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  Handshake,
-		Plugins:          plugin.PluginSet{PluginName: &GRPCPlugin{}},
-		Cmd:              cmd,
-		SecureConfig:     secure,
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		StartTimeout:     timeout,
-		UnixSocketConfig: sock,
-		SkipHostEnv:      true, // cmd.Env already holds it
-		Stderr:           tail,
-		Logger: hclog.New(&hclog.LoggerOptions{
-			Name:   "plugin." + cfg.Name,
-			Output: stderr,
-			Level:  hclog.Info,
-		}),
+	pc, raw, err := pluginproc.Start(pluginproc.Spec{
+		Path: path, Name: cfg.Name,
+		Handshake: Handshake, PluginName: PluginName, Plugin: &GRPCPlugin{},
+		SHA256: cfg.SHA256, Env: cfg.Env, SocketDir: cfg.SocketDir,
+		StartTimeout: cfg.StartTimeout, Log: cfg.Stderr,
 	})
-	rpc, err := pc.Client()
-	if err != nil {
-		// Kill waits for go-plugin's readers, so the tail is complete.
-		pc.Kill()
-		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
-			return nil, fmt.Errorf("plugin %s: %w", path, ErrChecksumMismatch)
-		}
-		return nil, fmt.Errorf("%w: %s did not start as a cloud plugin (a firewall plugin, or one of another protocol version, refuses the cloud handshake): %s%s",
-			ErrHandshake, path, firstParagraph(err), tail.said())
-	}
-	raw, err := rpc.Dispense(PluginName)
-	if err != nil {
-		pc.Kill()
-		return nil, fmt.Errorf("%w: %s serves no cloud plugin: %v", ErrHandshake, path, err)
+	var nf *pluginproc.NotFoundError
+	var se *pluginproc.StartError
+	switch {
+	case errors.As(err, &nf):
+		return nil, fmt.Errorf("%w: %s", ErrPluginNotFound, nf)
+	case errors.As(err, &se):
+		return nil, fmt.Errorf("%w: %v (a firewall plugin, or a cloud plugin of another protocol version, refuses the cloud handshake)", ErrHandshake, se)
+	case err != nil:
+		return nil, err
 	}
 	layer, ok := raw.(Layer)
 	if !ok {
@@ -153,43 +113,6 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		return nil, fmt.Errorf("%w: %s does not serve the cloud Layer interface", ErrHandshake, path)
 	}
 	return &Client{pc: pc, layer: layer, path: path}, nil
-}
-
-// firstParagraph returns go-plugin's error on one line without the
-// generic advice it appends after a blank line ("This usually means …").
-func firstParagraph(err error) string {
-	s, _, _ := strings.Cut(err.Error(), "\nThis usually means")
-	return strings.Join(strings.Fields(s), " ")
-}
-
-// tailWriter keeps the last max bytes written to it: the end of a plugin's
-// stderr, for the error when it does not start.
-type tailWriter struct {
-	mu  sync.Mutex
-	max int
-	b   []byte
-}
-
-func (w *tailWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.b = append(w.b, p...)
-	if over := len(w.b) - w.max; over > 0 {
-		w.b = append(w.b[:0], w.b[over:]...)
-	}
-	return len(p), nil
-}
-
-// said returns "; stderr: …" with the kept output on one line, or "" when
-// there is none.
-func (w *tailWriter) said() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	s := strings.Join(strings.Fields(string(w.b)), " ")
-	if s == "" {
-		return ""
-	}
-	return "; stderr: " + s
 }
 
 // Exited reports whether the plugin process has ended.

@@ -515,7 +515,7 @@ func TestFirewallPluginRefused(t *testing.T) {
 	if !errors.Is(err, cloud.ErrHandshake) {
 		t.Errorf("error %v, want ErrHandshake", err)
 	}
-	for _, want := range []string{"cordon-plugin-nftables", "not start as a cloud plugin", "stderr: This binary is a plugin"} {
+	for _, want := range []string{"cordon-plugin-nftables", "did not start", "stderr: This binary is a plugin"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not say %q", err, want)
 		}

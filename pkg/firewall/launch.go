@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"path/filepath"
 	"regexp"
 	"time"
 
 	"github.com/cordon-ir/cordon/pkg/pluginproc"
 	"github.com/cordon-ir/cordon/pkg/policy"
-	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 )
 
@@ -62,60 +60,24 @@ type Client struct {
 
 // Launch starts the plugin cfg names and connects to it. Errors:
 // ErrPluginNotFound when the executable is missing, ErrChecksumMismatch when
-// the pin does not match, and a plain error when the process does not
-// complete the go-plugin handshake in time.
+// the pin does not match, and a *pluginproc.StartError when the process
+// does not complete the go-plugin handshake in time.
 func Launch(cfg LaunchConfig) (*Client, error) {
 	if !nameRE.MatchString(cfg.Name) {
 		return nil, fmt.Errorf("plugin name %q: want lowercase letters, digits, '-' or '_'", cfg.Name)
 	}
 	path := cfg.Path()
-	if err := pluginproc.Check(path); err != nil {
-		var nf *pluginproc.NotFoundError
-		if errors.As(err, &nf) {
-			return nil, fmt.Errorf("%w: %s", ErrPluginNotFound, nf)
-		}
-		return nil, fmt.Errorf("plugin %s: %w", path, err)
-	}
-	secure, err := pluginproc.Pin(cfg.SHA256)
-	if err != nil {
-		return nil, err
-	}
-	timeout := cfg.StartTimeout
-	if timeout == 0 {
-		timeout = 10 * time.Second
-	}
-	stderr := cfg.Stderr
-	if stderr == nil {
-		stderr = os.Stderr
-	}
-	cmd, sock := pluginproc.Command(path, nil, cfg.SocketDir)
-	pc := plugin.NewClient(&plugin.ClientConfig{
-		HandshakeConfig:  Handshake,
-		Plugins:          plugin.PluginSet{PluginName: &GRPCPlugin{}},
-		Cmd:              cmd,
-		SecureConfig:     secure,
-		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
-		StartTimeout:     timeout,
-		UnixSocketConfig: sock,
-		SkipHostEnv:      true, // cmd.Env already holds it
-		Logger: hclog.New(&hclog.LoggerOptions{
-			Name:   "plugin." + cfg.Name,
-			Output: stderr,
-			Level:  hclog.Info,
-		}),
+	pc, raw, err := pluginproc.Start(pluginproc.Spec{
+		Path: path, Name: cfg.Name,
+		Handshake: Handshake, PluginName: PluginName, Plugin: &GRPCPlugin{},
+		SHA256: cfg.SHA256, SocketDir: cfg.SocketDir,
+		StartTimeout: cfg.StartTimeout, Log: cfg.Stderr,
 	})
-	rpc, err := pc.Client()
-	if err != nil {
-		pc.Kill()
-		if errors.Is(err, plugin.ErrChecksumsDoNotMatch) {
-			return nil, fmt.Errorf("plugin %s: %w", path, ErrChecksumMismatch)
-		}
-		return nil, fmt.Errorf("start plugin %s: %w", path, err)
-	}
-	raw, err := rpc.Dispense(PluginName)
-	if err != nil {
-		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: %w", path, err)
+	var nf *pluginproc.NotFoundError
+	if errors.As(err, &nf) {
+		return nil, fmt.Errorf("%w: %s", ErrPluginNotFound, nf)
+	} else if err != nil {
+		return nil, err
 	}
 	fw, ok := raw.(Firewall)
 	if !ok {

@@ -1,7 +1,8 @@
 // Package pluginproc prepares the process of a Cordon plugin (a go-plugin
 // executable: the agent's firewall plugins, the controller's cloud
-// plugins): it checks the executable, parses a pinned SHA-256 and builds
-// the command, so that every host starts its plugins the same way.
+// plugins): it checks the executable, parses a pinned SHA-256, builds the
+// command and starts it (Start), so that every host starts its plugins the
+// same way.
 package pluginproc
 
 import (

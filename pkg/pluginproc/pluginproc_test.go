@@ -2,10 +2,15 @@ package pluginproc
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/hashicorp/go-plugin"
 )
 
 func TestCheck(t *testing.T) {
@@ -60,5 +65,30 @@ func TestCommand(t *testing.T) {
 	}
 	if _, sock := Command("/bin/true", nil, ""); sock != nil {
 		t.Error("a socket config without a socket directory")
+	}
+}
+
+func TestStartNotAPlugin(t *testing.T) {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "talk")
+	// More than the 1 KiB kept, then the line that must survive.
+	script := "#!/bin/sh\nhead -c 3000 /dev/zero | tr '\\0' x >&2\necho >&2\necho last words >&2\nexit 3\n"
+	if err := os.WriteFile(exe, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	pc, _, err := Start(Spec{Path: exe, Name: "talk", Handshake: plugin.HandshakeConfig{ProtocolVersion: 1, MagicCookieKey: "K", MagicCookieValue: "V"},
+		PluginName: "p", Plugin: plugin.NetRPCUnsupportedPlugin{}, Log: io.Discard, StartTimeout: 5 * time.Second})
+	var se *StartError
+	if pc != nil || !errors.As(err, &se) {
+		t.Fatalf("Start = %v, %v; want a *StartError", pc, err)
+	}
+	if !strings.HasSuffix(se.Stderr, "last words") || len(se.Stderr) > 1024 {
+		t.Errorf("stderr tail %d bytes, ends %q", len(se.Stderr), se.Stderr[max(0, len(se.Stderr)-20):])
+	}
+	if msg := err.Error(); !strings.Contains(msg, exe+" did not start") || strings.Contains(msg, "This usually means") {
+		t.Errorf("message %q", msg)
+	}
+	if _, _, err := Start(Spec{Path: filepath.Join(dir, "none")}); !errors.As(err, new(*NotFoundError)) {
+		t.Errorf("missing executable: %v", err)
 	}
 }
