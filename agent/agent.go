@@ -23,6 +23,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -107,7 +108,7 @@ type Agent struct {
 	// order it arrived, containment first.
 	queue, snapQueue chan wire.Order
 	ordMu            sync.Mutex
-	orders           map[string]bool // ids of orders received since start
+	orders           map[string]string // ids of orders received since start (the last 256), to their incidents
 	ordList          []string
 	// inForce is the policy this agent applied and has in force, nil when
 	// the host is not isolated; inForceKnown is false when the host was
@@ -120,6 +121,9 @@ type Agent struct {
 	isolateOrder, isolateDigest string
 	// execMu is held while an order or a drift repair uses the firewall.
 	execMu sync.Mutex
+	// beat is when (Unix ns) the housekeeping loop (watchDrift) last came
+	// round, for Healthy.
+	beat atomic.Int64
 }
 
 // New checks cfg and returns an Agent.
@@ -159,7 +163,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg:       cfg,
 		log:       log,
 		connCh:    make(chan struct{}),
-		orders:    make(map[string]bool),
+		orders:    make(map[string]string),
 		queue:     make(chan wire.Order, maxQueued),
 		snapQueue: make(chan wire.Order, maxQueued),
 	}
@@ -226,6 +230,21 @@ func (a *Agent) Run(ctx context.Context) error {
 	return nil
 }
 
+// Healthy reports whether the agent's housekeeping loop, which reads the
+// rules back while the host is isolated, has come round lately: within the
+// plugin timeout (the longest a plugin call may take) and 10 s. It is the
+// agent's liveness for systemd's watchdog (package sdnotify).
+func (a *Agent) Healthy(context.Context) error {
+	last := a.beat.Load()
+	if last == 0 {
+		return nil // not started yet
+	}
+	if d := time.Since(time.Unix(0, last)); d > a.cfg.PluginTimeout+10*time.Second {
+		return fmt.Errorf("housekeeping loop stuck for %v", d.Round(time.Second))
+	}
+	return nil
+}
+
 // session makes one connection, says hello, and serves orders until the
 // connection ends. connected reports whether it got as far as the hello.
 func (a *Agent) session(ctx context.Context) (connected bool, err error) {
@@ -239,43 +258,10 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		return false, fmt.Errorf("controller address %s: %w", nc.RemoteAddr(), err)
 	}
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
-	auth := []ssh.AuthMethod{ssh.PublicKeys(a.cfg.Signer)}
-	if a.cfg.EnrollToken != "" {
-		token := a.cfg.EnrollToken
-		auth = append(auth, ssh.KeyboardInteractive(func(name, instruction string, questions []string, echos []bool) ([]string, error) {
-			answers := make([]string, len(questions))
-			for i := range questions {
-				answers[i] = token
-			}
-			return answers, nil
-		}))
-	}
 	nc.SetDeadline(time.Now().Add(a.cfg.DialTimeout))
-	var banner strings.Builder
-	conn, chans, reqs, err := ssh.NewClientConn(nc, a.cfg.Controller, &ssh.ClientConfig{
-		User:            a.cfg.Name,
-		Auth:            auth,
-		HostKeyCallback: sshkey.Pin(a.cfg.Fingerprint),
-		BannerCallback:  func(m string) error { banner.WriteString(strings.TrimSpace(m)); return nil },
-		ClientVersion:   "SSH-2.0-CordonAgent_" + Version,
-		Timeout:         a.cfg.DialTimeout,
-	})
+	conn, chans, reqs, err := handshake(nc, a.cfg.Controller, a.cfg.Name, a.cfg.Fingerprint, a.cfg.Signer, a.cfg.EnrollToken, a.cfg.DialTimeout)
 	if err != nil {
-		if errors.Is(err, sshkey.ErrHostKeyMismatch) {
-			return false, err
-		}
-		why := banner.String()
-		switch {
-		case why != "":
-		case !strings.Contains(err.Error(), "unable to authenticate"):
-			// Not a refusal: the connection broke during the handshake.
-			return false, fmt.Errorf("SSH handshake with the controller at %s failed: %w", remote, err)
-		case a.cfg.EnrollToken == "":
-			why = "the key is not enrolled; a new agent needs --enroll-token"
-		default:
-			why = err.Error()
-		}
-		return false, fmt.Errorf("controller refused the agent key %s: %s", sshkey.Fingerprint(a.cfg.Signer.PublicKey()), why)
+		return false, err
 	}
 	defer conn.Close()
 	go a.globalRequests(reqs)
@@ -301,6 +287,84 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 		go a.receiveOrder(nc)
 	}
 	return true, conn.Wait()
+}
+
+// handshake runs the agent's side of the SSH handshake on nc: it pins the
+// controller's host key, proves the agent key and, for a key not yet
+// enrolled, answers the controller's keyboard-interactive question with the
+// enrollment token. A refusal says why (the controller's banner).
+func handshake(nc net.Conn, controller, name, fingerprint string, signer ssh.Signer, token string, timeout time.Duration) (ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
+	auth := []ssh.AuthMethod{ssh.PublicKeys(signer)}
+	if token != "" {
+		auth = append(auth, ssh.KeyboardInteractive(func(name, instruction string, questions []string, echos []bool) ([]string, error) {
+			answers := make([]string, len(questions))
+			for i := range questions {
+				answers[i] = token
+			}
+			return answers, nil
+		}))
+	}
+	var banner strings.Builder
+	conn, chans, reqs, err := ssh.NewClientConn(nc, controller, &ssh.ClientConfig{
+		User:            name,
+		Auth:            auth,
+		HostKeyCallback: sshkey.Pin(fingerprint),
+		BannerCallback:  func(m string) error { banner.WriteString(strings.TrimSpace(m)); return nil },
+		ClientVersion:   "SSH-2.0-CordonAgent_" + Version,
+		Timeout:         timeout,
+	})
+	if err == nil {
+		return conn, chans, reqs, nil
+	}
+	if errors.Is(err, sshkey.ErrHostKeyMismatch) {
+		return nil, nil, nil, err
+	}
+	why := banner.String()
+	switch {
+	case why != "":
+	case !strings.Contains(err.Error(), "unable to authenticate"):
+		// Not a refusal: the connection broke during the handshake.
+		return nil, nil, nil, fmt.Errorf("SSH handshake with the controller at %s failed: %w", nc.RemoteAddr(), err)
+	case token == "":
+		why = "the key is not enrolled; a new agent needs --enroll-token"
+	default:
+		why = err.Error()
+	}
+	return nil, nil, nil, fmt.Errorf("controller refused the agent key %s: %s", sshkey.Fingerprint(signer.PublicKey()), why)
+}
+
+// EnrollConfig says which controller to enroll an agent key with.
+type EnrollConfig struct {
+	Controller  string // host:port
+	Fingerprint string // the controller's pinned host key, "SHA256:…"
+	Name        string // the host's Cordon name
+	Signer      ssh.Signer
+	Token       string        // one-time enrollment token
+	Timeout     time.Duration // for the connection and handshake; 0 means 15 s
+}
+
+// Enroll enrolls the agent key with the controller, as the agent's first
+// connection would (a cordon-agent enroll at install time): it connects,
+// pins the host key, proves the key and gives the token, then hangs up.
+// It returns nil when the key is enrolled, also when it already was; a
+// refusal says why.
+func Enroll(ctx context.Context, c EnrollConfig) error {
+	if c.Timeout == 0 {
+		c.Timeout = 15 * time.Second
+	}
+	d := net.Dialer{Timeout: c.Timeout}
+	nc, err := d.DialContext(ctx, "tcp", c.Controller)
+	if err != nil {
+		return fmt.Errorf("cannot connect to the controller: %w", err)
+	}
+	defer nc.Close()
+	nc.SetDeadline(time.Now().Add(c.Timeout))
+	conn, _, reqs, err := handshake(nc, c.Controller, c.Name, c.Fingerprint, c.Signer, c.Token, c.Timeout)
+	if err != nil {
+		return err
+	}
+	go ssh.DiscardRequests(reqs)
+	return conn.Close()
 }
 
 // dial connects to the controller. While Cordon's rules are in place it
@@ -449,6 +513,23 @@ func (a *Agent) knownOrders() []string {
 	return append([]string(nil), a.ordList...)
 }
 
+// incidentOf returns the incident of an order recorded by rememberOrder
+// ("" when it has none, or is not among the last 256 received), for the
+// logs: every line about an order carries its order_id, host and incident.
+func (a *Agent) incidentOf(id string) string {
+	a.ordMu.Lock()
+	defer a.ordMu.Unlock()
+	return a.orders[id]
+}
+
+// orderLog returns the agent's logger with the fields of every line about
+// an order: order_id and incident (host is the agent's own, on every line);
+// incident is "" for an order without one, present all the same, so that a
+// search by field finds every line either way.
+func (a *Agent) orderLog(id, incident string) *slog.Logger {
+	return a.log.With("order_id", id, "incident", incident)
+}
+
 // forgetOrder drops an order id recorded by rememberOrder, for an order
 // that was refused.
 func (a *Agent) forgetOrder(id string) {
@@ -460,14 +541,15 @@ func (a *Agent) forgetOrder(id string) {
 	}
 }
 
-// rememberOrder records an order id and reports whether it was new.
-func (a *Agent) rememberOrder(id string) bool {
+// rememberOrder records an order id and its incident, and reports whether
+// it was new.
+func (a *Agent) rememberOrder(id, incident string) bool {
 	a.ordMu.Lock()
 	defer a.ordMu.Unlock()
-	if a.orders[id] {
+	if _, ok := a.orders[id]; ok {
 		return false
 	}
-	a.orders[id] = true
+	a.orders[id] = incident
 	a.ordList = append(a.ordList, id)
 	if len(a.ordList) > 256 {
 		delete(a.orders, a.ordList[0])

@@ -20,20 +20,26 @@ const DefaultDriftInterval = 250 * time.Millisecond
 // are not exactly those last applied, applies the policy in force again
 // and reports the repair (wire.StageRepaired), with what was found and how
 // long it took. It never runs while an order is carried out, and stops
-// when ctx ends.
+// when ctx ends. Each round is a heartbeat for Healthy, also with drift
+// repair off (once a second then).
 func (a *Agent) watchDrift(ctx context.Context) {
-	if a.cfg.DriftInterval < 0 {
-		return
+	every := a.cfg.DriftInterval
+	if every < 0 {
+		every = time.Second
 	}
-	t := time.NewTicker(a.cfg.DriftInterval)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	var lastGood, lastSent time.Time
 	var pending *wire.Report
 	for {
+		a.beat.Store(time.Now().UnixNano())
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		}
+		if a.cfg.DriftInterval < 0 {
+			continue
 		}
 		// One report at once, then at most one per driftReportEvery for
 		// a host whose rules something keeps removing: each counts the
@@ -93,9 +99,12 @@ func mergeRepair(pending, r *wire.Report) *wire.Report {
 func (a *Agent) checkDrift(ctx context.Context, pol policy.Policy, lastGood time.Time) (time.Time, *wire.Report) {
 	checked := time.Now()
 	orderID, digest := a.inForceOrder()
+	// The isolate order in force: "" when the host was found isolated at
+	// start, and its lines then carry order_id="" incident="".
+	l := a.orderLog(orderID, a.incidentOf(orderID))
 	st, err := a.fw.status(ctx, a.cfg.PluginTimeout)
 	if err != nil {
-		a.log.Warn("drift check: cannot read the rules back", "err", err)
+		l.Warn("drift check: cannot read the rules back", "err", err)
 		return time.Time{}, nil
 	}
 	var drift string
@@ -116,7 +125,6 @@ func (a *Agent) checkDrift(ctx context.Context, pol policy.Policy, lastGood time
 	if !lastGood.IsZero() {
 		r.DriftNS = time.Since(lastGood).Nanoseconds()
 	}
-	l := a.log.With("order_id", orderID)
 	if err != nil {
 		r.Error = err.Error()
 		l.Error("drift: Cordon's rules were changed and putting them back failed; retrying", "drift", drift, "err", err)

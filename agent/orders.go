@@ -39,14 +39,15 @@ func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, Error: err.Error()})
 		return
 	}
+	l := a.orderLog(o.ID, o.Incident)
 	if o.Host != a.cfg.Name {
 		err := fmt.Sprintf("order is for host %q, this agent is %q", o.Host, a.cfg.Name)
-		a.log.Warn("order refused", "order_id", o.ID, "err", err)
+		l.Warn("order refused", "err", err)
 		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Error: err})
 		return
 	}
-	if !a.rememberOrder(o.ID) {
-		a.log.Info("order received again; already carried out or under way", "order_id", o.ID)
+	if !a.rememberOrder(o.ID, o.Incident) {
+		l.Info("order received again; already carried out or under way")
 		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Accepted: true})
 		return
 	}
@@ -59,12 +60,12 @@ func (a *Agent) receiveOrder(nc ssh.NewChannel) {
 	default:
 		a.forgetOrder(o.ID)
 		err := fmt.Sprintf("agent has %d orders waiting; try again when they are done", maxQueued)
-		a.log.Warn("order refused", "order_id", o.ID, "err", err)
+		l.Warn("order refused", "err", err)
 		wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Error: err})
 		return
 	}
 	if err := wire.WriteFrame(ch, &wire.OrderAck{V: wire.Version, OrderID: o.ID, Accepted: true}); err != nil {
-		a.log.Warn("order ack not sent; carrying the order out anyway", "order_id", o.ID, "err", err)
+		l.Warn("order ack not sent; carrying the order out anyway", "err", err)
 	}
 }
 
@@ -119,7 +120,7 @@ func (a *Agent) next(ctx context.Context) (wire.Order, bool) {
 func (a *Agent) execute(ctx context.Context, o wire.Order) {
 	a.execMu.Lock()
 	defer a.execMu.Unlock()
-	l := a.log.With("order_id", o.ID, "incident", o.Incident, "kind", string(o.Kind))
+	l := a.orderLog(o.ID, o.Incident).With("kind", string(o.Kind))
 	l.Info("order received", "reason", o.Reason, "operator", o.Operator)
 	switch o.Kind {
 	case wire.KindIsolate:

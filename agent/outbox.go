@@ -86,6 +86,20 @@ func (o *outbox) pending(l lane) int {
 	return len(o.bundles)
 }
 
+// headOrder returns the order of the first item in a lane, the one being
+// sent ("" if none).
+func (o *outbox) headOrder(l lane) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	switch {
+	case l == laneReports && len(o.reports) > 0:
+		return o.reports[0].OrderID
+	case l == laneEvidence && len(o.bundles) > 0:
+		return o.bundles[0].orderID
+	}
+	return ""
+}
+
 // run sends one lane's items in order until ctx ends and the lane is empty
 // or there is no connection to send on. A failed send is retried with
 // backoff; nothing is dropped.
@@ -117,7 +131,9 @@ func (o *outbox) run(ctx context.Context, l lane) {
 			backoff = 500 * time.Millisecond
 			continue
 		}
-		o.a.log.Warn("send to controller failed; will retry", "lane", l.String(), "err", err, "retry_in", backoff)
+		// The item stays first in its lane until sent: its order's.
+		id := o.headOrder(l)
+		o.a.orderLog(id, o.a.incidentOf(id)).Warn("send to controller failed; will retry", "lane", l.String(), "err", err, "retry_in", backoff)
 		select {
 		case <-time.After(backoff):
 		case <-changed:
@@ -171,7 +187,7 @@ func (o *outbox) sendReport(conn ssh.Conn) error {
 	err := exchange(conn, wire.ChanReport, 30*time.Second, func(ch ssh.Channel) error { return wire.WriteFrame(ch, &r) })
 	var refused *refusedError
 	if errors.As(err, &refused) {
-		o.a.log.Error("report dropped: the controller will not take it", "order_id", r.OrderID, "stage", string(r.Stage), "err", err)
+		o.a.orderLog(r.OrderID, o.a.incidentOf(r.OrderID)).Error("report dropped: the controller will not take it", "stage", string(r.Stage), "err", err)
 	} else if err != nil {
 		return fmt.Errorf("report %s of order %s: %w", r.Stage, r.OrderID, err)
 	}
@@ -186,6 +202,7 @@ func (o *outbox) sendEvidence(conn ssh.Conn) error {
 	p := o.bundles[0]
 	o.mu.Unlock()
 	b := p.b
+	l := o.a.orderLog(p.orderID, o.a.incidentOf(p.orderID))
 	hdr := wire.EvidenceHeader{V: wire.Version, SnapshotID: b.Manifest.SnapshotID, OrderID: p.orderID, SHA256: b.SHA256,
 		Size: int64(len(b.Data)), TakenAt: b.Manifest.StartedAt}
 	// Allow for a slow link: a minute plus a second per 256 KiB.
@@ -200,7 +217,7 @@ func (o *outbox) sendEvidence(conn ssh.Conn) error {
 	})
 	var refused *refusedError
 	if errors.As(err, &refused) {
-		o.a.log.Error("evidence dropped: the controller will not take it", "snapshot_id", hdr.SnapshotID, "order_id", p.orderID, "err", err)
+		l.Error("evidence dropped: the controller will not take it", "snapshot_id", hdr.SnapshotID, "err", err)
 	} else if err != nil {
 		return fmt.Errorf("evidence %s: %w", hdr.SnapshotID, err)
 	}
@@ -210,7 +227,7 @@ func (o *outbox) sendEvidence(conn ssh.Conn) error {
 	if err != nil {
 		return nil
 	}
-	o.a.log.Info("evidence delivered", "snapshot_id", hdr.SnapshotID, "order_id", p.orderID, "size", hdr.Size,
+	l.Info("evidence delivered", "snapshot_id", hdr.SnapshotID, "size", hdr.Size,
 		"took", time.Since(t0).Round(time.Millisecond))
 	return nil
 }

@@ -3,7 +3,6 @@
 package cli
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,42 +11,46 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"go.yaml.in/yaml/v3"
 
 	"github.com/cordon-ir/cordon/agent"
 	"github.com/cordon-ir/cordon/pkg/firewall"
+	"github.com/cordon-ir/cordon/pkg/flagfile"
 	"github.com/cordon-ir/cordon/pkg/logging"
 	"github.com/cordon-ir/cordon/pkg/pluginproc"
 	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sdnotify"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 	"github.com/cordon-ir/cordon/pkg/wire"
 )
 
-// Config is the agent's configuration: the flags, or the same settings in a
-// YAML file (keys as below). Flags given on the command line override the
-// file.
+// Config is the agent's configuration: its flags, which a YAML file given
+// with --config may also set (package flagfile: each flag's name in
+// snake_case as key). Flags given on the command line override the file.
 type Config struct {
-	Controller            string        `yaml:"controller"`
-	ControllerFingerprint string        `yaml:"controller_fingerprint"`
-	EnrollToken           string        `yaml:"enroll_token"`
-	Key                   string        `yaml:"key"`
-	Name                  string        `yaml:"name"`
-	Plugin                string        `yaml:"plugin"`
-	PluginDir             string        `yaml:"plugin_dir"`
-	PluginSHA256          string        `yaml:"plugin_sha256"`
-	RuntimeDir            string        `yaml:"runtime_dir"`
-	Allow                 []string      `yaml:"allow"`
-	Keepalive             time.Duration `yaml:"keepalive"`
-	DriftInterval         time.Duration `yaml:"drift_interval"`
-	LogFormat             string        `yaml:"log_format"`
-	LogLevel              string        `yaml:"log_level"`
+	Controller            string
+	ControllerFingerprint string
+	EnrollToken           string
+	Key                   string
+	Name                  string
+	Plugin                string
+	PluginDir             string
+	PluginSHA256          string
+	RuntimeDir            string
+	Allow                 []string
+	Keepalive             time.Duration
+	DriftInterval         time.Duration
+	LogFormat             string
+	LogLevel              string
 }
+
+// DefaultConfigFile is the agent's configuration file in packages, read by
+// check-config and written by enroll when no --config is given.
+const DefaultConfigFile = "/etc/cordon/agent.yaml"
 
 // DefaultPluginDir is where packages install plugins.
 const DefaultPluginDir = "/usr/lib/cordon/plugins"
@@ -66,45 +69,9 @@ func defaults() Config {
 		RuntimeDir:    rt,
 		Keepalive:     10 * time.Second,
 		DriftInterval: agent.DefaultDriftInterval,
-		LogFormat:     "text",
+		LogFormat:     logging.FormatAuto,
 		LogLevel:      "info",
 	}
-}
-
-// LoadFile reads a YAML configuration file strictly: an unknown key is an
-// error that names its line.
-func LoadFile(path string, into *Config) error {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return usageError{fmt.Errorf("configuration file: %w", err)}
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(into); err != nil && !errors.Is(err, io.EOF) {
-		return usageError{fmt.Errorf("%s: %s", path, yamlMessage(err))}
-	}
-	return nil
-}
-
-var (
-	yamlUnknown = regexp.MustCompile(`line (\d+): field (\S+) not found in type \S+`)
-	yamlType    = regexp.MustCompile(`line (\d+): cannot unmarshal !!\w+ ` + "`" + `([^` + "`" + `]*)` + "`" + ` into (\S+)`)
-)
-
-// yamlMessage rewords the YAML decoder's errors, which speak of Go types,
-// in terms of the configuration file.
-func yamlMessage(err error) string {
-	msg := err.Error()
-	msg = yamlUnknown.ReplaceAllString(msg, "line $1: unknown key $2")
-	msg = yamlType.ReplaceAllStringFunc(msg, func(m string) string {
-		sub := yamlType.FindStringSubmatch(m)
-		want := map[string]string{"[]string": "a list", "time.Duration": "a duration such as 10s", "string": "a string"}[sub[3]]
-		if want == "" {
-			want = sub[3]
-		}
-		return fmt.Sprintf("line %s: %q is not %s", sub[1], sub[2], want)
-	})
-	return strings.TrimPrefix(msg, "yaml: ")
 }
 
 // Exit statuses of cordon-agent, as cordon's: 1 for an error, 2 for bad
@@ -155,7 +122,7 @@ the command line override the file.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := withConfigFile(cmd, configFile, &cfg); err != nil {
+			if err := applyConfigFile(cmd.Flags(), true, configFile); err != nil {
 				return err
 			}
 			return run(cmd.Context(), cfg, errw)
@@ -163,22 +130,8 @@ the command line override the file.`,
 	}
 	cmd.SetOut(out)
 	cmd.SetErr(errw)
-	f := cmd.Flags()
-	f.StringVar(&configFile, "config", "", "YAML configuration `file` (e.g. /etc/cordon/agent.yaml)")
-	f.StringVar(&cfg.Controller, "controller", "", "controller address `host:port`")
-	f.StringVar(&cfg.ControllerFingerprint, "controller-fingerprint", "", "pinned controller host key `SHA256:…`")
-	f.StringVar(&cfg.EnrollToken, "enroll-token", "", "one-time enrollment `token` for the first connection")
-	f.StringVar(&cfg.Key, "key", cfg.Key, "agent private key `file`; created (ed25519) if missing")
-	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in Cordon")
-	f.StringVar(&cfg.Plugin, "plugin", cfg.Plugin, "firewall plugin `name` (runs cordon-plugin-NAME); auto chooses nftables or iptables from what the host's firewall is")
-	f.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin `directory` (default: "+DefaultPluginDir+", or the agent's own directory if the plugin is there)")
-	f.StringVar(&cfg.PluginSHA256, "plugin-sha256", "", "pin the plugin executable's SHA-256 (`hex`)")
-	f.StringVar(&cfg.RuntimeDir, "runtime-dir", cfg.RuntimeDir, "tmpfs `directory` for the plugin's socket (never the disk)")
-	f.StringArrayVar(&cfg.Allow, "allow", nil, "`CIDR` kept reachable during every isolation (repeatable)")
-	f.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "how often to check the controller answers; one unanswered interval drops and redials the connection")
-	f.DurationVar(&cfg.DriftInterval, "drift-interval", cfg.DriftInterval, "while isolated, how often to read Cordon's rules back and put them back if something removed them; 0 turns drift repair off")
-	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text or json")
-	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
+	cmd.Flags().StringVar(&configFile, "config", "", "YAML configuration `file` (e.g. "+DefaultConfigFile+"); flags override it")
+	addFlags(cmd.Flags(), &cfg)
 	var collectorKey string
 	collectorCmd := &cobra.Command{
 		Use:    "collector --key FILE",
@@ -194,7 +147,7 @@ the command line override the file.`,
 		},
 	}
 	collectorCmd.Flags().StringVar(&collectorKey, "key", "", "agent key file")
-	cmd.AddCommand(collectorCmd, newReleaseCmd(out, errw))
+	cmd.AddCommand(collectorCmd, newReleaseCmd(out, errw), newCheckConfigCmd(out, errw), newEnrollCmd(out, errw))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -207,45 +160,55 @@ the command line override the file.`,
 	return cmd
 }
 
-// withConfigFile, when configFile is set, makes cfg the file's settings
-// with the flags set on cmd's command line over them.
-func withConfigFile(cmd *cobra.Command, configFile string, cfg *Config) error {
-	if configFile == "" {
-		return nil
-	}
-	fileCfg := defaults()
-	if err := LoadFile(configFile, &fileCfg); err != nil {
-		return err
-	}
-	applyFlags(cmd.Flags(), &fileCfg, cfg)
-	*cfg = fileCfg
-	return nil
+// addFlags defines the agent daemon's flags on f, bound to cfg: the flags
+// of 'cordon-agent' and the keys of its configuration file.
+func addFlags(f *pflag.FlagSet, cfg *Config) {
+	f.StringVar(&cfg.Controller, "controller", "", "controller address `host:port`")
+	f.StringVar(&cfg.ControllerFingerprint, "controller-fingerprint", "", "pinned controller host key `SHA256:…`")
+	f.StringVar(&cfg.EnrollToken, "enroll-token", "", "one-time enrollment `token` for the first connection")
+	f.StringVar(&cfg.Key, "key", cfg.Key, "agent private key `file`; created (ed25519) if missing")
+	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in Cordon")
+	f.StringVar(&cfg.Plugin, "plugin", cfg.Plugin, "firewall plugin `name` (runs cordon-plugin-NAME); auto chooses nftables or iptables from what the host's firewall is")
+	f.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin `directory` (default: "+DefaultPluginDir+", or the agent's own directory if the plugin is there)")
+	f.StringVar(&cfg.PluginSHA256, "plugin-sha256", "", "pin the plugin executable's SHA-256 (`hex`)")
+	f.StringVar(&cfg.RuntimeDir, "runtime-dir", cfg.RuntimeDir, "tmpfs `directory` for the plugin's socket (never the disk)")
+	f.StringArrayVar(&cfg.Allow, "allow", nil, "`CIDR` kept reachable during every isolation (repeatable)")
+	f.DurationVar(&cfg.Keepalive, "keepalive", cfg.Keepalive, "how often to check the controller answers; one unanswered interval drops and redials the connection")
+	f.DurationVar(&cfg.DriftInterval, "drift-interval", cfg.DriftInterval, "while isolated, how often to read Cordon's rules back and put them back if something removed them; 0 turns drift repair off")
+	f.StringVar(&cfg.LogFormat, "log-format", cfg.LogFormat, "log format: text, json, journal or auto (journal when stderr is the systemd journal, text otherwise)")
+	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, "log level: debug, info, warn or error")
 }
 
-// applyFlags copies the flags set on the command line from flagCfg over
-// fileCfg.
-func applyFlags(fs *pflag.FlagSet, fileCfg, flagCfg *Config) {
-	set := map[string]func(){
-		"controller":             func() { fileCfg.Controller = flagCfg.Controller },
-		"controller-fingerprint": func() { fileCfg.ControllerFingerprint = flagCfg.ControllerFingerprint },
-		"enroll-token":           func() { fileCfg.EnrollToken = flagCfg.EnrollToken },
-		"key":                    func() { fileCfg.Key = flagCfg.Key },
-		"name":                   func() { fileCfg.Name = flagCfg.Name },
-		"plugin":                 func() { fileCfg.Plugin = flagCfg.Plugin },
-		"plugin-dir":             func() { fileCfg.PluginDir = flagCfg.PluginDir },
-		"plugin-sha256":          func() { fileCfg.PluginSHA256 = flagCfg.PluginSHA256 },
-		"runtime-dir":            func() { fileCfg.RuntimeDir = flagCfg.RuntimeDir },
-		"allow":                  func() { fileCfg.Allow = flagCfg.Allow },
-		"keepalive":              func() { fileCfg.Keepalive = flagCfg.Keepalive },
-		"drift-interval":         func() { fileCfg.DriftInterval = flagCfg.DriftInterval },
-		"log-format":             func() { fileCfg.LogFormat = flagCfg.LogFormat },
-		"log-level":              func() { fileCfg.LogLevel = flagCfg.LogLevel },
+// agentFlags returns a flag set with the agent daemon's flags bound to a
+// Config of defaults: the schema of its configuration file.
+func agentFlags() (*pflag.FlagSet, *Config) {
+	cfg := defaults()
+	fs := pflag.NewFlagSet("cordon-agent", pflag.ContinueOnError)
+	addFlags(fs, &cfg)
+	return fs, &cfg
+}
+
+// applyConfigFile, when path is set, sets the flags of target from the
+// agent's configuration file at path, except those set on the command
+// line. Every key in the file must be one of the agent daemon's flags:
+// those of target when it is the daemon's flag set (whole is true), else
+// (release takes only some) of a throwaway agentFlags.
+func applyConfigFile(target *pflag.FlagSet, whole bool, path string) error {
+	if path == "" {
+		return nil
 	}
-	fs.Visit(func(f *pflag.Flag) {
-		if fn, ok := set[f.Name]; ok {
-			fn()
-		}
-	})
+	cf, err := flagfile.Read(path)
+	if err != nil {
+		return usageError{fmt.Errorf("configuration file: %w", err)}
+	}
+	schema := target
+	if !whole {
+		schema, _ = agentFlags()
+	}
+	if err := cf.Apply(target, schema, "config", "help"); err != nil {
+		return usageError{err}
+	}
+	return nil
 }
 
 // pluginDir picks the plugin directory: the configured one, else the
@@ -269,49 +232,73 @@ func pluginDir(cfg Config) string {
 	return DefaultPluginDir
 }
 
+// checked is a Config whose values passed check, parsed.
+type checked struct {
+	Config
+	allow         []netip.Prefix
+	driftInterval time.Duration // -1: off
+}
+
+// check checks every setting of cfg without touching the host: what run
+// does before it makes the key or starts anything, and check-config.
+func (cfg Config) check() (checked, error) {
+	c := checked{Config: cfg}
+	if _, err := logging.New(io.Discard, cfg.LogFormat, cfg.LogLevel); err != nil {
+		return c, err
+	}
+	if cfg.DriftInterval != 0 && (cfg.DriftInterval < 50*time.Millisecond || cfg.DriftInterval > time.Minute) {
+		return c, fmt.Errorf("--drift-interval %v: want 50ms to 1m, or 0 to turn drift repair off", cfg.DriftInterval)
+	}
+	c.driftInterval = cfg.DriftInterval
+	if c.driftInterval == 0 {
+		c.driftInterval = -1 // off
+	}
+	if cfg.Keepalive < 100*time.Millisecond || cfg.Keepalive > 5*time.Minute {
+		return c, fmt.Errorf("--keepalive %v: want 100ms to 5m", cfg.Keepalive)
+	}
+	if cfg.Controller == "" {
+		return c, errors.New("--controller is required (host:port of the controller)")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Controller); err != nil {
+		return c, fmt.Errorf("--controller %q: want host:port", cfg.Controller)
+	}
+	if !sshkey.ValidFingerprint(cfg.ControllerFingerprint) {
+		return c, fmt.Errorf("--controller-fingerprint %q: want the SHA256:… that 'cordon controller init' printed", cfg.ControllerFingerprint)
+	}
+	if !wire.ValidHostName(cfg.Name) {
+		return c, fmt.Errorf("--name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)
+	}
+	if cfg.Key == "" {
+		return c, errors.New("--key is required (the agent's private key file)")
+	}
+	if _, err := pluginproc.Pin(cfg.PluginSHA256); err != nil {
+		return c, fmt.Errorf("--plugin-sha256: %w (sha256sum of the plugin)", err)
+	}
+	if cfg.Plugin == firewall.Auto && cfg.PluginSHA256 != "" {
+		return c, errors.New("--plugin-sha256 pins one plugin's executable: name it with --plugin (nftables or iptables) instead of auto")
+	}
+	for _, s := range cfg.Allow {
+		p, err := policy.ParsePrefix(s)
+		if err != nil {
+			return c, err
+		}
+		c.allow = append(c.allow, p)
+	}
+	return c, nil
+}
+
 func run(ctx context.Context, cfg Config, errw io.Writer) error {
+	// Check everything before the key is made, so a bad configuration
+	// leaves nothing behind.
+	c, err := cfg.check()
+	if err != nil {
+		return usageError{err}
+	}
 	log, err := logging.New(errw, cfg.LogFormat, cfg.LogLevel)
 	if err != nil {
 		return usageError{err}
 	}
-	if cfg.DriftInterval != 0 && (cfg.DriftInterval < 50*time.Millisecond || cfg.DriftInterval > time.Minute) {
-		return usageError{fmt.Errorf("--drift-interval %v: want 50ms to 1m, or 0 to turn drift repair off", cfg.DriftInterval)}
-	}
-	driftInterval := cfg.DriftInterval
-	if driftInterval == 0 {
-		driftInterval = -1 // off
-	}
-	if cfg.Keepalive < 100*time.Millisecond || cfg.Keepalive > 5*time.Minute {
-		return usageError{fmt.Errorf("--keepalive %v: want 100ms to 5m", cfg.Keepalive)}
-	}
-	// Check everything before the key is made, so a bad configuration
-	// leaves nothing behind.
-	if cfg.Controller == "" {
-		return usageError{errors.New("--controller is required (host:port of the controller)")}
-	}
-	if _, _, err := net.SplitHostPort(cfg.Controller); err != nil {
-		return usageError{fmt.Errorf("--controller %q: want host:port", cfg.Controller)}
-	}
-	if !sshkey.ValidFingerprint(cfg.ControllerFingerprint) {
-		return usageError{fmt.Errorf("--controller-fingerprint %q: want the SHA256:… that 'cordon controller init' printed", cfg.ControllerFingerprint)}
-	}
-	if !wire.ValidHostName(cfg.Name) {
-		return usageError{fmt.Errorf("--name %q: use 1 to 63 letters, digits, '.', '_' or '-'", cfg.Name)}
-	}
-	if _, err := pluginproc.Pin(cfg.PluginSHA256); err != nil {
-		return usageError{fmt.Errorf("--plugin-sha256: %w (sha256sum of the plugin)", err)}
-	}
-	if cfg.Plugin == firewall.Auto && cfg.PluginSHA256 != "" {
-		return usageError{errors.New("--plugin-sha256 pins one plugin's executable: name it with --plugin (nftables or iptables) instead of auto")}
-	}
-	var allow []netip.Prefix
-	for _, s := range cfg.Allow {
-		p, err := policy.ParsePrefix(s)
-		if err != nil {
-			return usageError{err}
-		}
-		allow = append(allow, p)
-	}
+	driftInterval, allow := c.driftInterval, c.allow
 	lock, err := lockRuntime(cfg.RuntimeDir)
 	if err != nil {
 		return err
@@ -370,7 +357,20 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	if err != nil {
 		return err
 	}
-	return a.Run(ctx)
+	// Ready once configured, keyed, sandboxed and with its plugin chosen:
+	// not once connected, since the unit starts before the network
+	// (Before=network-pre.target) and the agent dials until it is up.
+	if _, err := sdnotify.Ready("plugin " + plugin + ", controller " + cfg.Controller); err != nil {
+		log.Warn("cannot tell systemd the agent is ready", "err", err)
+	}
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	watchdogDone := make(chan struct{})
+	go func() { defer close(watchdogDone); sdnotify.Watchdog(wctx, log, a.Healthy) }()
+	err = a.Run(ctx)
+	sdnotify.Stopping()
+	stopWatchdog()
+	<-watchdogDone
+	return err
 }
 
 // choosePlugin returns the plugin to run and why: the one configured, or

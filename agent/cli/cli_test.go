@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,8 +11,8 @@ import (
 )
 
 func TestExampleConfigLoads(t *testing.T) {
-	cfg := defaults()
-	if err := LoadFile("../../deploy/agent.yaml", &cfg); err != nil {
+	fs, cfg := agentFlags()
+	if err := applyConfigFile(fs, true, "../../deploy/agent.yaml"); err != nil {
 		t.Fatalf("deploy/agent.yaml: %v", err)
 	}
 	if cfg.Controller != "cordon.ir.example.net:7443" || cfg.Plugin != "auto" || cfg.DriftInterval != 250*time.Millisecond || cfg.Key != "/var/lib/cordon-agent/agent_ed25519" {
@@ -19,18 +20,38 @@ func TestExampleConfigLoads(t *testing.T) {
 	}
 }
 
-func TestUnknownKeyNamesLine(t *testing.T) {
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
 	p := filepath.Join(t.TempDir(), "agent.yaml")
-	os.WriteFile(p, []byte("controller: c:7443\nplugins: iptables\n"), 0o600)
-	cfg := defaults()
-	err := LoadFile(p, &cfg)
-	if err == nil || !strings.Contains(err.Error(), "line 2: unknown key plugins") {
-		t.Fatalf("unknown key: got %v, want an error naming line 2 and the key", err)
+	if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	os.WriteFile(p, []byte("controller: c:7443\nallow: 10.0.0.0/8\nkeepalive: 10\n"), 0o600)
-	err = LoadFile(p, &cfg)
-	if err == nil || !strings.Contains(err.Error(), `line 2: "10.0.0.0/8" is not a list`) {
-		t.Fatalf("wrong type: got %v", err)
+	return p
+}
+
+func TestConfigErrorsNameLineAndKey(t *testing.T) {
+	for name, tc := range map[string]struct{ text, want string }{
+		"unknown key":    {"controller: c:7443\nplugins: iptables\n", ":2: plugins: unknown key (did you mean plugin?)"},
+		"dashes":         {"controller: c:7443\n\ndrift-interval: 1s\n", ":3: drift-interval: unknown key (did you mean drift_interval?)"},
+		"bad duration":   {"controller: c:7443\nkeepalive: 10\n", `:2: keepalive: "10": time: missing unit in duration`},
+		"list for one":   {"name: [a, b]\n", ":1: name: takes one value, not a list"},
+		"twice":          {"name: a\nkey: k\nname: b\n", ":3: name: given twice (first on line 1)"},
+		"the config key": {"config: /etc/other.yaml\n", ":1: config: unknown key"},
+		"not a mapping":  {"- controller\n", ":1: want a mapping"},
+		"bad yaml":       {"controller: c:7443\n  name: x\n", ":2: "},
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := writeConfig(t, tc.text)
+			fs, cfg := agentFlags()
+			before := *cfg
+			err := applyConfigFile(fs, true, p)
+			if err == nil || !strings.Contains(err.Error(), p+tc.want) {
+				t.Fatalf("got %v, want %q", err, p+tc.want)
+			}
+			if cfg.Controller != before.Controller || cfg.Name != before.Name {
+				t.Errorf("a refused file changed settings: %+v", cfg)
+			}
+		})
 	}
 }
 
@@ -43,6 +64,7 @@ func TestBadConfigExitsTwoAndMakesNoKey(t *testing.T) {
 		"bad fingerprint": {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:REPLACE"},
 		"bad allow":       {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--allow", "0.0.0.0/0"},
 		"bad name":        {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "a/b"},
+		"bad file":        {"--key", key, "--config", writeConfig(t, "controller: c:7443\nallow: [10.0.0.0/8, nonsense]\n")},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out, errw strings.Builder
@@ -57,20 +79,85 @@ func TestBadConfigExitsTwoAndMakesNoKey(t *testing.T) {
 }
 
 func TestFlagsOverrideFile(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "agent.yaml")
-	os.WriteFile(p, []byte("controller: from-file:7443\nname: file-name\nallow: [10.0.0.0/8]\n"), 0o600)
-	cmd := NewCommand(os.Stdout, os.Stderr)
-	if err := cmd.ParseFlags([]string{"--config", p, "--name", "flag-name"}); err != nil {
+	p := writeConfig(t, "controller: from-file:7443\nname: file-name\nallow: [10.0.0.0/8, 10.1.0.0/16]\nlog_level: debug\n")
+	fs, cfg := agentFlags()
+	if err := fs.Parse([]string{"--name", "flag-name", "--allow", "192.0.2.0/24"}); err != nil {
 		t.Fatal(err)
 	}
-	fileCfg := defaults()
-	if err := LoadFile(p, &fileCfg); err != nil {
+	if err := applyConfigFile(fs, true, p); err != nil {
 		t.Fatal(err)
 	}
-	flagCfg := defaults()
-	flagCfg.Name = "flag-name"
-	applyFlags(cmd.Flags(), &fileCfg, &flagCfg)
-	if fileCfg.Name != "flag-name" || fileCfg.Controller != "from-file:7443" || len(fileCfg.Allow) != 1 {
-		t.Errorf("merged config = %+v", fileCfg)
+	if cfg.Name != "flag-name" || cfg.Controller != "from-file:7443" || cfg.LogLevel != "debug" ||
+		len(cfg.Allow) != 1 || cfg.Allow[0] != "192.0.2.0/24" {
+		t.Errorf("merged config = %+v", cfg)
+	}
+	// Without the flag, the file's list replaces the default.
+	fs, cfg = agentFlags()
+	if err := applyConfigFile(fs, true, p); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(cfg.Allow, ",") != "10.0.0.0/8,10.1.0.0/16" {
+		t.Errorf("allow from the file = %v", cfg.Allow)
+	}
+}
+
+// TestReleaseReadsAgentConfig: release takes only some of the daemon's
+// flags, yet reads the daemon's whole file, and still refuses unknown keys.
+func TestReleaseReadsAgentConfig(t *testing.T) {
+	p := writeConfig(t, "controller: c:7443\ncontroller_fingerprint: SHA256:abc\nname: pay-db-01\ndrift_interval: 1s\n")
+	cmd := newReleaseCmd(os.Stdout, os.Stderr)
+	if err := applyConfigFile(cmd.Flags(), false, p); err != nil {
+		t.Fatal(err)
+	}
+	if v := cmd.Flags().Lookup("controller-fingerprint").Value.String(); v != "SHA256:abc" {
+		t.Errorf("release read controller_fingerprint %q", v)
+	}
+	bad := writeConfig(t, "nmae: pay-db-01\n")
+	if err := applyConfigFile(cmd.Flags(), false, bad); err == nil || !strings.Contains(err.Error(), ":1: nmae: unknown key") {
+		t.Errorf("release accepted an unknown key: %v", err)
+	}
+}
+
+func TestCheckConfig(t *testing.T) {
+	dir := t.TempDir()
+	plugins := filepath.Join(dir, "plugins")
+	os.Mkdir(plugins, 0o755)
+	os.WriteFile(filepath.Join(plugins, "cordon-plugin-iptables"), []byte("#!/bin/sh\n"), 0o755)
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	good := writeConfig(t, "controller: c.example:7443\ncontroller_fingerprint: "+fp+"\nname: pay-db-01\nenroll_token: cdn-secret\n"+
+		"key: "+filepath.Join(dir, "agent_ed25519")+"\nplugin: iptables\nplugin_dir: "+plugins+"\nallow: [10.20.0.0/24]\n")
+
+	var out, errw strings.Builder
+	if code := Run(context.Background(), []string{"check-config", "--config", good, "-o", "json"}, &out, &errw); code != 0 {
+		t.Fatalf("exit %d: %s %s", code, out.String(), errw.String())
+	}
+	var res ConfigCheck
+	if err := json.Unmarshal([]byte(out.String()), &res); err != nil {
+		t.Fatal(err)
+	}
+	if !res.OK || res.Plugin != "iptables" || res.Settings["name"] != "pay-db-01" || res.Settings["enroll_token"] != "(set)" ||
+		len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "makes it at first start") {
+		t.Errorf("check-config -o json = %+v", res)
+	}
+	if strings.Contains(out.String(), "cdn-secret") {
+		t.Error("check-config printed the enrollment token")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "agent_ed25519")); err == nil {
+		t.Error("check-config made the key")
+	}
+
+	for name, tc := range map[string]struct{ text, want string }{
+		"no plugin":   {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: " + filepath.Join(dir, "k") + "\nplugin: nftables\nplugin_dir: " + plugins + "\n", "cordon-plugin-nftables does not exist"},
+		"wrong pin":   {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: " + filepath.Join(dir, "k") + "\nplugin: iptables\nplugin_dir: " + plugins + "\nplugin_sha256: " + strings.Repeat("0", 64) + "\n", "not the pinned plugin_sha256"},
+		"unknown key": {"controler: c:7443\n", ":1: controler: unknown key"},
+		"no key dir":  {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: /nonexistent/dir/k\n", "its directory"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			var out, errw strings.Builder
+			code := Run(context.Background(), []string{"check-config", "--config", writeConfig(t, tc.text)}, &out, &errw)
+			if code != 2 || !strings.Contains(out.String(), "NOT OK") || !strings.Contains(out.String(), tc.want) {
+				t.Errorf("exit %d, output %q; want 2 and %q", code, out.String(), tc.want)
+			}
+		})
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/logging"
 	"github.com/cordon-ir/cordon/pkg/policy"
+	"github.com/cordon-ir/cordon/pkg/sdnotify"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
 
@@ -35,7 +36,7 @@ func newControllerCmd(g *globals) *cobra.Command {
 		Use:   "controller",
 		Short: "Set up and run the controller daemon",
 	}
-	cmd.AddCommand(newControllerInitCmd(g), newControllerServeCmd(g))
+	cmd.AddCommand(newControllerInitCmd(g), newControllerServeCmd(g), newControllerCheckConfigCmd(g))
 	return cmd
 }
 
@@ -140,49 +141,37 @@ type serveOptions struct {
 	pluginDir string
 	logFormat string
 	logLevel  string
+	// metricsListen is where to serve Prometheus metrics; "" for nowhere.
+	metricsListen string
 }
 
 func newControllerServeCmd(g *globals) *cobra.Command {
 	o := &serveOptions{}
+	var configFile string
 	cmd := &cobra.Command{
 		Use:   "serve --data-dir DIR --listen ADDR:PORT",
 		Short: "Run the controller daemon",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := applyServeConfig(cmd.Flags(), configFile); err != nil {
+				return err
+			}
 			return runControllerServe(cmd.Context(), g, o)
 		},
 	}
-	f := cmd.Flags()
-	f.StringVar(&o.dataDir, "data-dir", "/var/lib/cordon", "controller data `directory` (made by 'cordon controller init')")
-	f.StringVar(&o.listen, "listen", ":7443", "SSH listen address `host:port`")
-	f.StringArrayVar(&o.advertise, "advertise", nil, "extra controller endpoint `ip:port` that isolated agents must keep reaching (repeatable)")
-	f.StringArrayVar(&o.clouds, "cloud", nil, "cloud `provider` whose containment layer to add for hosts that run there: aws, azure or gcp (repeatable; runs cordon-plugin-PROVIDER with the controller's own credentials from the SDK's standard chain)")
-	f.StringVar(&o.pluginDir, "plugin-dir", "/usr/lib/cordon/plugins", "`directory` of the cloud plugins")
-	f.StringVar(&o.logFormat, "log-format", "text", "log format: text or json")
-	f.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	cmd.Flags().StringVar(&configFile, "config", "", "YAML configuration `file` (e.g. "+DefaultControllerConfig+"): these flags as keys in snake_case; flags override it")
+	addServeFlags(cmd.Flags(), o)
 	return cmd
 }
 
 func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error {
-	log, err := logging.New(os.Stderr, o.logFormat, o.logLevel)
+	adv, err := o.check()
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	if _, _, err := net.SplitHostPort(o.listen); err != nil {
-		return usageErr("--listen %q: want host:port", o.listen)
-	}
-	for _, p := range o.clouds {
-		if p != "aws" && p != "azure" && p != "gcp" {
-			return usageErr("--cloud %q: want aws, azure or gcp", p)
-		}
-	}
-	var adv []policy.Endpoint
-	for _, a := range o.advertise {
-		ep, err := parseEndpoint(a)
-		if err != nil {
-			return usageErr("--advertise %q: %v", a, err)
-		}
-		adv = append(adv, ep)
+	log, err := logging.New(os.Stderr, o.logFormat, o.logLevel)
+	if err != nil {
+		return usageErr("%v", err)
 	}
 	hostKey, err := sshkey.Load(filepath.Join(o.dataDir, hostKeyFile))
 	if err != nil {
@@ -222,7 +211,26 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.listen, err)
 	}
-	return srv.Serve(ctx, ln)
+	if o.metricsListen != "" {
+		stop, err := serveMetrics(ctx, log, srv, o.metricsListen)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		defer stop()
+	}
+	// Ready once listening; the watchdog is fed while the database answers.
+	if _, err := sdnotify.Ready("listening on " + ln.Addr().String()); err != nil {
+		log.Warn("cannot tell systemd the controller is ready", "err", err)
+	}
+	wctx, stopWatchdog := context.WithCancel(ctx)
+	watchdogDone := make(chan struct{})
+	go func() { defer close(watchdogDone); sdnotify.Watchdog(wctx, log, srv.Healthy) }()
+	err = srv.Serve(ctx, ln)
+	sdnotify.Stopping()
+	stopWatchdog()
+	<-watchdogDone
+	return err
 }
 
 func parseEndpoint(s string) (policy.Endpoint, error) {

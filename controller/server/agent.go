@@ -500,6 +500,9 @@ func (s *Server) failOrder(ctx context.Context, o store.Order, reason string) er
 		}
 		return tx.AddAudit(store.Audit{At: now, Actor: "controller", Action: "order-failed", Host: o.Host, OrderID: o.ID, Detail: reason})
 	})
+	if err == nil {
+		s.metrics.orderFailed(o.Kind)
+	}
 	s.notify()
 	s.log.Error("order failed", "host", o.Host, "order_id", o.ID, "incident", o.Incident, "err", reason)
 	return err
@@ -522,12 +525,13 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 		return
 	}
 	var o store.Order
+	var fx reportEffect
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) (err error) {
-		o, err = applyReport(tx, a.name, &r, time.Now().UTC())
+		o, fx, err = applyReportMeasured(tx, a.name, &r, time.Now().UTC())
 		return err
 	})
 	if err != nil {
-		a.log.Warn("report not recorded", "order_id", r.OrderID, "err", err)
+		a.log.Warn("report not recorded", "order_id", r.OrderID, "incident", s.orderIncident(ctx, r.OrderID), "err", err)
 		ack := wire.Ack{V: wire.Version, Error: "controller could not record the report"}
 		if errors.Is(err, store.ErrNotFound) || errors.Is(err, errForeignOrder) || errors.Is(err, errBadReport) {
 			ack.Error, ack.Drop = err.Error(), true
@@ -535,6 +539,7 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 		wire.WriteFrame(ch, &ack)
 		return
 	}
+	s.metrics.report(fx)
 	wire.WriteFrame(ch, &wire.Ack{V: wire.Version, OK: true})
 	s.notify()
 	l := a.log.With("order_id", o.ID, "incident", o.Incident, "stage", string(r.Stage))
@@ -549,6 +554,21 @@ func (s *Server) handleReport(ctx context.Context, a *agentConn, nc ssh.NewChann
 	default:
 		l.Info("order progress")
 	}
+}
+
+// orderIncident returns the incident of a stored order, for a log line
+// that knows only the order's id: every line about an order carries its
+// order_id, host and incident, the incident "" when the order has none or
+// is not found (a key searched for is then there all the same).
+func (s *Server) orderIncident(ctx context.Context, id string) string {
+	if id == "" {
+		return ""
+	}
+	var o store.Order
+	if err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(id); return err }); err != nil {
+		return ""
+	}
+	return o.Incident
 }
 
 var (
@@ -754,7 +774,7 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		return
 	}
 	stopHdr()
-	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID)
+	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID, "incident", s.orderIncident(ctx, hdr.OrderID))
 	// Evidence comes only for an order that asked for it, one bundle per
 	// order: a host cannot fill the controller's disk on its own.
 	if err := s.expectEvidence(ctx, a, &hdr); err != nil {
@@ -798,6 +818,7 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		reply(fmt.Errorf("controller could not sign a receipt: %v", err))
 		return
 	}
+	fresh := false // a bundle not received before
 	err = s.cfg.Store.Update(ctx, func(tx store.Tx) error {
 		snap := store.Snapshot{ID: hdr.SnapshotID, SHA256: hdr.SHA256, Size: hdr.Size, Host: a.name, OrderID: hdr.OrderID,
 			TakenAt: hdr.TakenAt.UTC(), ReceivedAt: now, AgentKey: a.fp, FileName: evidence.FileName(a.name, hdr.TakenAt, hdr.SnapshotID),
@@ -815,6 +836,7 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 			}
 			return nil // sent again after a lost ack
 		}
+		fresh = true
 		if err := tx.AddCustody(store.Custody{SnapshotID: snap.ID, At: now, Event: "received", Actor: a.name, ActorKey: a.fp,
 			SHA256: snap.SHA256, Detail: detail}); err != nil {
 			return err
@@ -843,6 +865,9 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		l.Error("evidence not recorded", "err", err)
 		reply(fmt.Errorf("controller could not record the evidence: %v", err))
 		return
+	}
+	if fresh {
+		s.metrics.evidenceStored(hdr.Size, verifyErr == "")
 	}
 	reply(nil)
 	s.notify()

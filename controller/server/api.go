@@ -741,9 +741,11 @@ func (s *Server) download(ctx context.Context, op operator, req api.Request, ch 
 		writeResponse(ch, nil, storeErr(err, fmt.Sprintf("unknown snapshot %q ('cordon snapshots' lists them)", a.ID)))
 		return
 	}
+	// A snapshot belongs to an order: its lines carry the order's fields.
+	l := op.log.With("snapshot_id", snap.ID, "order_id", snap.OrderID, "host", snap.Host, "incident", s.orderIncident(ctx, snap.OrderID))
 	f, err := s.cfg.Evidence.Open(snap.SHA256)
 	if err != nil {
-		op.log.Error("stored evidence missing", "snapshot_id", snap.ID, "err", err)
+		l.Error("stored evidence missing", "err", err)
 		writeResponse(ch, nil, api.Errorf(api.CodeInternal, "evidence file for snapshot %s cannot be read: %v", snap.ID, err))
 		return
 	}
@@ -762,7 +764,7 @@ func (s *Server) download(ctx context.Context, op operator, req api.Request, ch 
 		})
 	}
 	if err := custody("download-started", fmt.Sprintf("%d bytes to send", snap.Size)); err != nil {
-		op.log.Error("custody entry not recorded; download refused", "snapshot_id", snap.ID, "err", err)
+		l.Error("custody entry not recorded; download refused", "err", err)
 		writeResponse(ch, nil, storeErr(err, ""))
 		return
 	}
@@ -774,17 +776,17 @@ func (s *Server) download(ctx context.Context, op operator, req api.Request, ch 
 	}
 	n, err := io.Copy(ch, f)
 	if err != nil || n != snap.Size {
-		op.log.Warn("download interrupted", "snapshot_id", snap.ID, "sent", n, "err", err)
+		l.Warn("download interrupted", "sent", n, "err", err)
 		if cerr := custody("download-interrupted", fmt.Sprintf("%d of %d bytes sent: %v", n, snap.Size, err)); cerr != nil {
-			op.log.Error("custody entry not recorded", "snapshot_id", snap.ID, "err", cerr)
+			l.Error("custody entry not recorded", "err", cerr)
 		}
 		return
 	}
 	ch.CloseWrite()
 	if err := custody("downloaded", fmt.Sprintf("%d bytes sent", n)); err != nil {
-		op.log.Error("custody entry not recorded", "snapshot_id", snap.ID, "err", err)
+		l.Error("custody entry not recorded", "err", err)
 	}
-	op.log.Info("snapshot downloaded", "snapshot_id", snap.ID, "host", snap.Host, "order_id", snap.OrderID)
+	l.Info("snapshot downloaded")
 }
 
 // dropOperator closes the connections of a removed operator key.

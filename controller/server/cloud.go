@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"strings"
@@ -73,7 +74,7 @@ func (s *Server) applyCloud(o store.Order, h store.Host, pol policy.Policy, opts
 	ctx, cancel := context.WithTimeout(context.Background(), cloudTimeout)
 	defer cancel()
 	l := s.log.With("order_id", o.ID, "host", h.Name, "incident", o.Incident, "cloud", inst.Provider, "instance", inst.ID)
-	s.setCloud(o.ID, CloudApplying, "", "")
+	s.setCloud(l, o.ID, CloudApplying, "", "")
 	var found cloud.Instance
 	var err error
 	if h.CloudBoundBy != "" {
@@ -105,11 +106,12 @@ func (s *Server) applyCloud(o store.Order, h store.Host, pol policy.Policy, opts
 	errText := ""
 	if err != nil {
 		state, action, errText = CloudFailed, "cloud-failed", err.Error()
+		s.metrics.cloudFailed(inst.Provider)
 		l.Error("cloud layer failed; the host layer goes on", "err", err)
 	} else {
 		l.Info("cloud layer done", "state", state, "detail", detail)
 	}
-	s.setCloud(o.ID, state, detail, errText)
+	s.setCloud(l, o.ID, state, detail, errText)
 	auditDetail := fmt.Sprintf("%s instance %s: %s", inst.Provider, inst.ID, detail)
 	if errText != "" {
 		auditDetail = fmt.Sprintf("%s instance %s: %s", inst.Provider, inst.ID, errText)
@@ -122,8 +124,9 @@ func (s *Server) applyCloud(o store.Order, h store.Host, pol policy.Policy, opts
 	}
 }
 
-// setCloud records the cloud layer's state on an order.
-func (s *Server) setCloud(orderID, state, detail, errText string) {
+// setCloud records the cloud layer's state on an order; l logs about the
+// order.
+func (s *Server) setCloud(l *slog.Logger, orderID, state, detail, errText string) {
 	err := s.cfg.Store.Update(context.Background(), func(tx store.Tx) error {
 		o, err := tx.Order(orderID)
 		if err != nil {
@@ -133,7 +136,7 @@ func (s *Server) setCloud(orderID, state, detail, errText string) {
 		return tx.PutOrder(o)
 	})
 	if err != nil {
-		s.log.Error("cloud layer state not stored", "order_id", orderID, "err", err)
+		l.Error("cloud layer state not stored", "err", err)
 		return
 	}
 	s.notify()

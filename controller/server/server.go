@@ -22,7 +22,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -79,6 +81,8 @@ type Server struct {
 	// cloudQueues hold each host's cloud layer steps, carried out one at
 	// a time in the order the orders were issued (cloudJob).
 	cloudQueues map[string][]func()
+	// metrics are the Prometheus metrics (metrics.go).
+	metrics *metrics
 }
 
 // New checks cfg and returns a Server.
@@ -103,6 +107,7 @@ func New(cfg Config) (*Server, error) {
 		conns:     make(map[net.Conn]struct{}),
 		operators: make(map[*ssh.ServerConn]string),
 	}
+	s.metrics = newMetrics(s, slices.Sorted(maps.Keys(cfg.Clouds)))
 	s.ssh = &ssh.ServerConfig{
 		PublicKeyCallback:         s.authKey,
 		VerifiedPublicKeyCallback: s.verifiedKey,
@@ -112,6 +117,15 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.ssh.AddHostKey(cfg.HostKey)
 	return s, nil
+}
+
+// Healthy reports whether the controller's database answers a read: the
+// controller's liveness for systemd's watchdog (package sdnotify).
+func (s *Server) Healthy(ctx context.Context) error {
+	return s.cfg.Store.View(ctx, func(tx store.Tx) error {
+		_, err := tx.Operators()
+		return err
+	})
 }
 
 // Serve accepts connections on ln until ctx ends, then closes ln and every

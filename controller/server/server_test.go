@@ -31,6 +31,7 @@ type testServer struct {
 	st     store.Store
 	admin  ssh.Signer
 	viewer ssh.Signer
+	srv    *Server
 }
 
 // testLog sends the server's log to the test's, shown when it fails.
@@ -51,7 +52,9 @@ func newKey(t *testing.T) ssh.Signer {
 	return s
 }
 
-func startServer(t *testing.T) *testServer {
+// startServer starts a test controller; each option may change its Config
+// before New.
+func startServer(t *testing.T, options ...func(*Config)) *testServer {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	dir := t.TempDir()
@@ -78,7 +81,11 @@ func startServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := New(Config{Store: st, Evidence: ev, HostKey: hostKey, Logger: slog.New(slog.NewTextHandler(testLog{t}, nil))})
+	cfg := Config{Store: st, Evidence: ev, HostKey: hostKey, Logger: slog.New(slog.NewTextHandler(testLog{t}, nil))}
+	for _, o := range options {
+		o(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +93,7 @@ func startServer(t *testing.T) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts.addr = ln.Addr().String()
+	ts.addr, ts.srv = ln.Addr().String(), srv
 	done := make(chan struct{})
 	go func() { srv.Serve(ctx, ln); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; st.Close() })

@@ -93,6 +93,9 @@ type Stage struct {
 	AgentKey           string
 	RuntimeDir         string
 	CtlLog, AgentLog   *LogBuf
+	// CtlArgs are added to the command line of 'cordon controller serve'
+	// by StartController (--log-format json, say).
+	CtlArgs []string
 
 	ctlCmd, agentCmd *exec.Cmd
 }
@@ -143,7 +146,8 @@ func (s *Stage) Close() error { return s.Lab.Close() }
 // namespace and waits until it answers.
 func (s *Stage) StartController() error {
 	s.CtlLog = &LogBuf{}
-	s.ctlCmd = s.Ctl.Command(s.bin("cordon"), "controller", "serve", "--data-dir", s.DataDir, "--listen", ":"+CtlPort, "--log-level", "debug")
+	args := append([]string{"controller", "serve", "--data-dir", s.DataDir, "--listen", ":" + CtlPort, "--log-level", "debug"}, s.CtlArgs...)
+	s.ctlCmd = s.Ctl.Command(s.bin("cordon"), args...)
 	s.ctlCmd.Stdout, s.ctlCmd.Stderr = s.CtlLog, s.CtlLog
 	if err := s.Ctl.Start(s.ctlCmd); err != nil {
 		return err
