@@ -1,4 +1,4 @@
-# Cordon: make build | make test | make demo | make bench
+# Cordon: make build | make test | make demo | make bench | make package
 GO      ?= go
 # Static binaries: nothing to install on a card-data host but the binary
 # (and go-landlock's psx then uses the Go runtime, not libpsx).
@@ -7,7 +7,7 @@ BIN     := bin
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/cordon-ir/cordon/controller/server.Version=$(VERSION) -X github.com/cordon-ir/cordon/agent.Version=$(VERSION)
 
-.PHONY: all build test demo bench bench-snapshot deps vet fuzz proto clean
+.PHONY: all build test demo bench bench-snapshot deps vet fuzz proto package clean
 
 all: build
 
@@ -48,10 +48,18 @@ bench-snapshot: deps
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzVerify -fuzztime 30s ./pkg/evidence
 	$(GO) test -run '^$$' -fuzz FuzzDecodeOrder -fuzztime 30s ./pkg/wire
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime 30s ./pkg/flagfile
 
 proto:
 	protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative pkg/firewall/proto/firewall.proto
 	protoc --go_out=. --go_opt=paths=source_relative --go-grpc_out=. --go-grpc_opt=paths=source_relative pkg/cloud/proto/cloud.proto
 
+# .deb and .rpm of cordon-agent and cordon-controller for amd64 and arm64,
+# in dist/ (nfpm; deploy/nfpm). Debian and RPM sort '~' before the release.
+PKG_VERSION ?= 0.1.0~git.$(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+PKG_ARCH    ?= amd64,arm64
+package:
+	$(GO) run ./deploy/package --out dist --version $(PKG_VERSION) --arch $(PKG_ARCH)
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -197,6 +198,10 @@ type AgentOptions struct {
 	// Wrap, if set, is a command the agent runs under, inside the
 	// namespace (setpriv with the systemd unit's capabilities, say).
 	Wrap []string
+	// Command, if set, is the agent's whole command line (a unit's
+	// ExecStart, say), run under Wrap with Env; the fields above that make
+	// the command line are then not used.
+	Command []string
 }
 
 // StartAgent runs cordon-agent in the host's namespace with a real
@@ -220,12 +225,14 @@ func (s *Stage) StartAgent(o AgentOptions) error {
 		args = append(args, "--enroll-token", o.Token)
 	}
 	args = append(args, o.Args...)
-	s.AgentLog = &LogBuf{}
-	if len(o.Wrap) > 0 {
-		s.agentCmd = s.Host.Command(o.Wrap[0], append(append(o.Wrap[1:], s.bin("cordon-agent")), args...)...)
+	if len(o.Command) > 0 {
+		args = o.Command
 	} else {
-		s.agentCmd = s.Host.Command(s.bin("cordon-agent"), args...)
+		args = append([]string{s.bin("cordon-agent")}, args...)
 	}
+	s.AgentLog = &LogBuf{}
+	args = append(slices.Clone(o.Wrap), args...)
+	s.agentCmd = s.Host.Command(args[0], args[1:]...)
 	s.agentCmd.Env = append(os.Environ(), o.Env...)
 	s.agentCmd.Stdout, s.agentCmd.Stderr = s.AgentLog, s.AgentLog
 	return s.Host.Start(s.agentCmd)
