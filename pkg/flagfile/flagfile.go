@@ -4,8 +4,8 @@
 // A file is one YAML mapping. Each key is a flag's long name with '_' for
 // '-' (controller_fingerprint: for --controller-fingerprint); a scalar
 // value is given to the flag as if typed on the command line, a list sets
-// a repeatable flag once per item, and an empty value (key:) leaves the
-// flag at its default. Flags set on the command line win over the file.
+// a repeatable flag once per item (an empty list, [], empties it), and an
+// empty value (key:) leaves the flag at its default. Flags set on the command line win over the file.
 // An unknown key, a key given twice, or a value its flag refuses is an
 // error that names the file, the line and the key; the file is applied
 // all or nothing.
@@ -56,7 +56,10 @@ type Setting struct {
 	Key    string   // as in the file: drift_interval
 	Flag   string   // the flag's name: drift-interval
 	Line   int      // 1-based
-	Values []string // one for a scalar, one per item for a list; none for key:
+	Values []string // one for a scalar, one per item for a list; none for key: or []
+	// List is true for a list (also an empty one, which empties a
+	// repeatable flag's default); false for a scalar or key:.
+	List bool
 }
 
 // File is a parsed configuration file.
@@ -122,13 +125,16 @@ func Parse(path string, b []byte) (*File, error) {
 		switch {
 		case v.Kind == yaml.AliasNode:
 			return nil, &Error{Path: path, Line: v.Line, Key: k.Value, Err: errors.New("YAML aliases are not accepted here")}
+		case v.Style&yaml.TaggedStyle != 0:
+			return nil, &Error{Path: path, Line: v.Line, Key: k.Value, Err: fmt.Errorf("YAML tags (%s) are not accepted here", v.Tag)}
 		case v.Kind == yaml.ScalarNode && v.Tag == "!!null":
 			// key: with no value keeps the default.
 		case v.Kind == yaml.ScalarNode:
 			s.Values = []string{v.Value}
 		case v.Kind == yaml.SequenceNode:
+			s.List = true
 			for _, it := range v.Content {
-				if it.Kind != yaml.ScalarNode || it.Tag == "!!null" {
+				if it.Kind != yaml.ScalarNode || it.Tag == "!!null" || it.Style&yaml.TaggedStyle != 0 {
 					return nil, &Error{Path: path, Line: it.Line, Key: k.Value, Err: errors.New("a list item must be a single value")}
 				}
 				s.Values = append(s.Values, it.Value)
@@ -160,12 +166,12 @@ func (cf *File) Apply(target, schema *pflag.FlagSet, exclude ...string) error {
 		if sf == nil || contains(exclude, s.Flag) || strings.Contains(s.Key, "-") {
 			return &Error{Path: cf.Path, Line: s.Line, Key: s.Key, Err: errors.New("unknown key" + suggest(schema, s.Key, exclude))}
 		}
-		if len(s.Values) > 1 && !repeatable(sf) {
+		if s.List && !repeatable(sf) {
 			return &Error{Path: cf.Path, Line: s.Line, Key: s.Key, Err: errors.New("takes one value, not a list")}
 		}
 		if sf.Value.Type() == "bool" && len(s.Values) == 1 {
-			if v := s.Values[0]; v != "true" && v != "false" {
-				return &Error{Path: cf.Path, Line: s.Line, Key: s.Key, Err: fmt.Errorf("%q: want true or false", v)}
+			if v := strings.ToLower(s.Values[0]); v != "true" && v != "false" {
+				return &Error{Path: cf.Path, Line: s.Line, Key: s.Key, Err: fmt.Errorf("%q: want true or false", s.Values[0])}
 			}
 		}
 		if schema != target {
@@ -174,7 +180,7 @@ func (cf *File) Apply(target, schema *pflag.FlagSet, exclude ...string) error {
 			}
 		}
 		tf := target.Lookup(s.Flag)
-		if tf == nil || tf.Changed || len(s.Values) == 0 {
+		if tf == nil || tf.Changed || (len(s.Values) == 0 && !s.List) {
 			continue
 		}
 		if err := check(tf, s.Values); err != nil {
@@ -183,6 +189,13 @@ func (cf *File) Apply(target, schema *pflag.FlagSet, exclude ...string) error {
 		todo = append(todo, pending{tf, s.Values})
 	}
 	for _, p := range todo {
+		if len(p.values) == 0 {
+			// An empty list empties the flag's default.
+			if err := p.flag.Value.(pflag.SliceValue).Replace(nil); err != nil {
+				return &Error{Path: cf.Path, Key: strings.ReplaceAll(p.flag.Name, "-", "_"), Err: err}
+			}
+			continue
+		}
 		for _, v := range p.values {
 			// Value.Set, not FlagSet.Set: the flag stays "not changed on
 			// the command line", and a repeatable flag's first Set

@@ -46,6 +46,20 @@ func TestApply(t *testing.T) {
 	}
 }
 
+func TestEmptyListEmpties(t *testing.T) {
+	cf, err := Parse("f.yaml", []byte("allow: []\nverbose: True\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs, o := flags()
+	if err := cf.Apply(fs, fs); err != nil {
+		t.Fatal(err)
+	}
+	if len(o.allow) != 0 || !o.verbose {
+		t.Errorf("allow: [] left %q; verbose %v", o.allow, o.verbose)
+	}
+}
+
 func TestCommandLineWins(t *testing.T) {
 	cf, err := Parse("f.yaml", []byte("listen_addr: from-file:1\nallow: [file]\n"))
 	if err != nil {
@@ -78,21 +92,24 @@ func TestEmptyFileAndEmptyValue(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	for name, tc := range map[string]struct{ text, want string }{
-		"unknown":        {"listen_addr: x:1\nallw: a\n", "f.yaml:2: allw: unknown key"},
-		"dashed":         {"listen-addr: x:1\n", "f.yaml:1: listen-addr: unknown key (did you mean listen_addr?)"},
-		"plural":         {"allows: [a]\n", "f.yaml:1: allows: unknown key (did you mean allow?)"},
-		"excluded":       {"config: other.yaml\n", "f.yaml:1: config: unknown key"},
-		"twice":          {"every: 1s\n\nevery: 2s\n", "f.yaml:3: every: given twice (first on line 1)"},
-		"bad duration":   {"every: soon\n", `f.yaml:1: every: "soon": time: invalid duration "soon"`},
-		"bad bool":       {"verbose: yes\n", `f.yaml:1: verbose: "yes": want true or false`},
-		"list for one":   {"every: [1s, 2s]\n", "f.yaml:1: every: takes one value, not a list"},
-		"mapping":        {"allow: {a: b}\n", "f.yaml:1: allow: want a value or a list of values, not a mapping"},
-		"nested list":    {"allow: [[a]]\n", "f.yaml:1: allow: a list item must be a single value"},
-		"top list":       {"- a\n", "f.yaml:1: want a mapping"},
-		"two documents":  {"every: 1s\n---\nevery: 2s\n", "f.yaml:2: a second YAML document"},
-		"alias":          {"listen_addr: &x a:1\nallow: *x\n", "f.yaml:2: allow: YAML aliases are not accepted here"},
-		"syntax":         {"every: 1s\n  allow: x\n", "f.yaml:2: mapping values are not allowed"},
-		"late bad value": {"listen_addr: ok:1\nevery: never\n", `f.yaml:2: every:`},
+		"unknown":            {"listen_addr: x:1\nallw: a\n", "f.yaml:2: allw: unknown key"},
+		"dashed":             {"listen-addr: x:1\n", "f.yaml:1: listen-addr: unknown key (did you mean listen_addr?)"},
+		"plural":             {"allows: [a]\n", "f.yaml:1: allows: unknown key (did you mean allow?)"},
+		"excluded":           {"config: other.yaml\n", "f.yaml:1: config: unknown key"},
+		"twice":              {"every: 1s\n\nevery: 2s\n", "f.yaml:3: every: given twice (first on line 1)"},
+		"bad duration":       {"every: soon\n", `f.yaml:1: every: "soon": time: invalid duration "soon"`},
+		"bad bool":           {"verbose: yes\n", `f.yaml:1: verbose: "yes": want true or false`},
+		"list for one":       {"every: [1s, 2s]\n", "f.yaml:1: every: takes one value, not a list"},
+		"mapping":            {"allow: {a: b}\n", "f.yaml:1: allow: want a value or a list of values, not a mapping"},
+		"nested list":        {"allow: [[a]]\n", "f.yaml:1: allow: a list item must be a single value"},
+		"top list":           {"- a\n", "f.yaml:1: want a mapping"},
+		"two documents":      {"every: 1s\n---\nevery: 2s\n", "f.yaml:2: a second YAML document"},
+		"alias":              {"listen_addr: &x a:1\nallow: *x\n", "f.yaml:2: allow: YAML aliases are not accepted here"},
+		"tag":                {"listen_addr: !!binary aGVsbG8=\n", "f.yaml:1: listen_addr: YAML tags (!!binary) are not accepted here"},
+		"merge key":          {"<<: {every: 1s}\n", "f.yaml:1: <<: want a value or a list of values, not a mapping"},
+		"empty list for one": {"every: []\n", "f.yaml:1: every: takes one value, not a list"},
+		"syntax":             {"every: 1s\n  allow: x\n", "f.yaml:2: mapping values are not allowed"},
+		"late bad value":     {"listen_addr: ok:1\nevery: never\n", `f.yaml:2: every:`},
 	} {
 		t.Run(name, func(t *testing.T) {
 			fs, o := flags()
