@@ -33,8 +33,10 @@ func TestLayering(t *testing.T) {
 		pkgs      string
 		forbidden []string
 	}{
-		// The agent runs on card-data hosts: no controller code there.
-		{"./agent/...", []string{"controller/"}},
+		// The agent runs on card-data hosts: no controller code there,
+		// nor the build-time packaging (nfpm).
+		{"./agent/...", []string{"controller/", "internal/packaging"}},
+		{"./controller/...", []string{"internal/packaging"}},
 		// Shared libraries import nothing above them.
 		{"./pkg/...", []string{"agent", "controller/", "plugins/", "internal/"}},
 		// Plugins speak only the plugin contract.
