@@ -14,9 +14,11 @@ import (
 
 	"github.com/cordon-ir/cordon/pkg/firewall"
 	"github.com/cordon-ir/cordon/pkg/flagfile"
-	"github.com/cordon-ir/cordon/pkg/pluginproc"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
+
+// packagedStateDir is the agent's StateDirectory= in the packaged unit.
+const packagedStateDir = "/var/lib/cordon-agent"
 
 // ConfigCheck is what 'cordon-agent check-config -o json' prints.
 type ConfigCheck struct {
@@ -88,13 +90,14 @@ func checkConfigFile(path string) ConfigCheck {
 		return res
 	}
 	fs, cfg := agentFlags()
-	if err := applyConfigFile(fs, true, path); err != nil {
+	cf, err := applyConfigFile(fs, true, path)
+	if err != nil {
 		return fail(err)
 	}
 	res.Settings = settings(fs)
 	c, err := cfg.check()
 	if err != nil {
-		return fail(err)
+		return fail(cf.Explain(err, fs))
 	}
 	switch signer, err := sshkey.Load(c.Key); {
 	case err == nil:
@@ -104,7 +107,7 @@ func checkConfigFile(path string) ConfigCheck {
 		}
 	case errors.Is(err, os.ErrNotExist):
 		if _, err := os.Stat(filepath.Dir(c.Key)); err != nil {
-			return fail(fmt.Errorf("key %s: its directory: %w", c.Key, err))
+			res.Notes = append(res.Notes, "the key's directory "+filepath.Dir(c.Key)+" does not exist: the agent makes it at first start")
 		}
 		if c.EnrollToken == "" {
 			res.Notes = append(res.Notes, "key "+c.Key+" does not exist and no enroll_token is set: the controller will refuse the new key; run 'cordon-agent enroll'")
@@ -114,16 +117,13 @@ func checkConfigFile(path string) ConfigCheck {
 	default:
 		return fail(fmt.Errorf("key: %w", err))
 	}
+	if !strings.HasPrefix(c.Key, packagedStateDir+"/") {
+		res.Notes = append(res.Notes, "key "+c.Key+" is outside "+packagedStateDir+", the only directory the packaged unit lets the agent write (StateDirectory=): change the unit too (systemctl edit cordon-agent)")
+	}
 	dir := pluginDir(c.Config)
 	if c.Plugin != firewall.Auto {
-		p := filepath.Join(dir, firewall.BinaryPrefix+c.Plugin)
-		if err := pluginproc.Check(p); err != nil {
-			return fail(fmt.Errorf("plugin %s: %w", c.Plugin, err))
-		}
-		if sc, _ := pluginproc.Pin(c.PluginSHA256); sc != nil {
-			if ok, err := sc.Check(p); err != nil || !ok {
-				return fail(fmt.Errorf("plugin %s: its SHA-256 is not the pinned plugin_sha256 (%v)", p, err))
-			}
+		if err := checkConfiguredPlugin(c.Config, dir); err != nil {
+			return fail(cf.Explain(err, fs))
 		}
 		res.Plugin, res.PluginReason = c.Plugin, "configured"
 	} else {

@@ -4,6 +4,8 @@ package cli
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -75,10 +77,17 @@ func defaults() Config {
 }
 
 // Exit statuses of cordon-agent, as cordon's: 1 for an error, 2 for bad
-// flags, arguments or configuration.
+// flags or arguments of a subcommand; the daemon exits ExitConfig for bad
+// flags or configuration.
 const (
 	exitFailure = 1
 	exitUsage   = 2
+	// ExitConfig is the daemon's exit status for flags or a configuration
+	// it refuses: EX_CONFIG of sysexits.h, not 2, which is also the Go
+	// runtime's status for a panic, a fatal error and SIGABRT (systemd's
+	// watchdog signal). The unit does not restart on it
+	// (RestartPreventExitStatus=78): restarting cannot help.
+	ExitConfig = 78
 )
 
 // usageError is a problem with flags or configuration.
@@ -90,13 +99,16 @@ func Run(ctx context.Context, args []string, out, errw io.Writer) int {
 	cmd := NewCommand(out, errw)
 	cmd.SetArgs(args)
 	cmd.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	err := cmd.ExecuteContext(ctx)
+	ran, err := cmd.ExecuteContextC(ctx)
 	if err == nil {
 		return 0
 	}
 	fmt.Fprintln(errw, "cordon-agent: "+err.Error())
 	var ue usageError
-	if errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command") {
+	switch {
+	case errors.As(err, &ue) && ran == cmd:
+		return ExitConfig // the daemon
+	case errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command"):
 		return exitUsage
 	}
 	return exitFailure
@@ -122,10 +134,11 @@ the command line override the file.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfigFile(cmd.Flags(), true, configFile); err != nil {
+			cf, err := applyConfigFile(cmd.Flags(), true, configFile)
+			if err != nil {
 				return err
 			}
-			return run(cmd.Context(), cfg, errw)
+			return explain(run(cmd.Context(), cfg, errw), cf, cmd.Flags())
 		},
 	}
 	cmd.SetOut(out)
@@ -193,22 +206,33 @@ func agentFlags() (*pflag.FlagSet, *Config) {
 // line. Every key in the file must be one of the agent daemon's flags:
 // those of target when it is the daemon's flag set (whole is true), else
 // (release takes only some) of a throwaway agentFlags.
-func applyConfigFile(target *pflag.FlagSet, whole bool, path string) error {
+// It returns the file read (nil when path is ""), for explain.
+func applyConfigFile(target *pflag.FlagSet, whole bool, path string) (*flagfile.File, error) {
 	if path == "" {
-		return nil
+		return nil, nil
 	}
 	cf, err := flagfile.Read(path)
 	if err != nil {
-		return usageError{fmt.Errorf("configuration file: %w", err)}
+		return nil, usageError{fmt.Errorf("configuration file: %w", err)}
 	}
 	schema := target
 	if !whole {
 		schema, _ = agentFlags()
 	}
 	if err := cf.Apply(target, schema, "config", "help"); err != nil {
-		return usageError{err}
+		return nil, usageError{err}
 	}
-	return nil
+	return cf, nil
+}
+
+// explain words a refused setting that came from the configuration file
+// cf as the file's line and key (flagfile.File.Explain).
+func explain(err error, cf *flagfile.File, fs *pflag.FlagSet) error {
+	var ue usageError
+	if errors.As(err, &ue) {
+		return usageError{cf.Explain(ue.error, fs)}
+	}
+	return err
 }
 
 // pluginDir picks the plugin directory: the configured one, else the
@@ -244,7 +268,11 @@ type checked struct {
 func (cfg Config) check() (checked, error) {
 	c := checked{Config: cfg}
 	if _, err := logging.New(io.Discard, cfg.LogFormat, cfg.LogLevel); err != nil {
-		return c, err
+		flag := "--log-format"
+		if strings.HasPrefix(err.Error(), "log level") {
+			flag = "--log-level"
+		}
+		return c, fmt.Errorf("%s: %w", flag, err)
 	}
 	if cfg.DriftInterval != 0 && (cfg.DriftInterval < 50*time.Millisecond || cfg.DriftInterval > time.Minute) {
 		return c, fmt.Errorf("--drift-interval %v: want 50ms to 1m, or 0 to turn drift repair off", cfg.DriftInterval)
@@ -280,7 +308,7 @@ func (cfg Config) check() (checked, error) {
 	for _, s := range cfg.Allow {
 		p, err := policy.ParsePrefix(s)
 		if err != nil {
-			return c, err
+			return c, fmt.Errorf("--allow: %w", err)
 		}
 		c.allow = append(c.allow, p)
 	}
@@ -299,12 +327,15 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		return usageError{err}
 	}
 	driftInterval, allow := c.driftInterval, c.allow
+	dir := pluginDir(cfg)
+	if err := checkConfiguredPlugin(cfg, dir); err != nil {
+		return usageError{err}
+	}
 	lock, err := lockRuntime(cfg.RuntimeDir)
 	if err != nil {
 		return err
 	}
 	defer lock.Close()
-	dir := pluginDir(cfg)
 	plugin, reason, err := choosePlugin(cfg, dir, errw)
 	if err != nil {
 		return err
@@ -313,7 +344,7 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	// The key is made here, at start, never while handling an order.
 	signer, created, err := sshkey.LoadOrCreate(cfg.Key, "cordon-agent@"+cfg.Name)
 	if err != nil {
-		return fmt.Errorf("agent key %s: %w", cfg.Key, err)
+		return usageError{fmt.Errorf("--key %s: %w", cfg.Key, err)}
 	}
 	if created {
 		log.Info("created agent key", "path", cfg.Key, "key", sshkey.Fingerprint(signer.PublicKey()))
@@ -371,6 +402,34 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	stopWatchdog()
 	<-watchdogDone
 	return err
+}
+
+// checkConfiguredPlugin checks a plugin named by --plugin (not auto): its
+// executable is in dir and, when pinned, has the pinned SHA-256.
+func checkConfiguredPlugin(cfg Config, dir string) error {
+	if cfg.Plugin == firewall.Auto {
+		return nil
+	}
+	p := filepath.Join(dir, firewall.BinaryPrefix+cfg.Plugin)
+	if err := pluginproc.Check(p); err != nil {
+		return fmt.Errorf("--plugin %s: %w", cfg.Plugin, err)
+	}
+	if cfg.PluginSHA256 == "" {
+		return nil
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return fmt.Errorf("--plugin %s: %w", cfg.Plugin, err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("--plugin %s: %w", cfg.Plugin, err)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != strings.ToLower(strings.TrimPrefix(cfg.PluginSHA256, "sha256:")) {
+		return fmt.Errorf("--plugin-sha256 %s: %s has SHA-256 %s (a plugin updated or replaced since it was pinned?)", cfg.PluginSHA256, p, got)
+	}
+	return nil
 }
 
 // choosePlugin returns the plugin to run and why: the one configured, or

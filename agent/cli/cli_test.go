@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -12,7 +13,7 @@ import (
 
 func TestExampleConfigLoads(t *testing.T) {
 	fs, cfg := agentFlags()
-	if err := applyConfigFile(fs, true, "../../deploy/agent.yaml"); err != nil {
+	if _, err := applyConfigFile(fs, true, "../../deploy/agent.yaml"); err != nil {
 		t.Fatalf("deploy/agent.yaml: %v", err)
 	}
 	if cfg.Controller != "cordon.ir.example.net:7443" || cfg.Plugin != "auto" || cfg.DriftInterval != 250*time.Millisecond || cfg.Key != "/var/lib/cordon-agent/agent_ed25519" {
@@ -44,7 +45,7 @@ func TestConfigErrorsNameLineAndKey(t *testing.T) {
 			p := writeConfig(t, tc.text)
 			fs, cfg := agentFlags()
 			before := *cfg
-			err := applyConfigFile(fs, true, p)
+			_, err := applyConfigFile(fs, true, p)
 			if err == nil || !strings.Contains(err.Error(), p+tc.want) {
 				t.Fatalf("got %v, want %q", err, p+tc.want)
 			}
@@ -55,8 +56,9 @@ func TestConfigErrorsNameLineAndKey(t *testing.T) {
 	}
 }
 
-func TestBadConfigExitsTwoAndMakesNoKey(t *testing.T) {
+func TestBadConfigExitsConfigAndMakesNoKey(t *testing.T) {
 	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "cordon-plugin-iptables"), []byte("#!/bin/sh\n"), 0o755)
 	key := filepath.Join(dir, "agent_ed25519")
 	for name, args := range map[string][]string{
 		"unknown flag":    {"--colour"},
@@ -65,16 +67,32 @@ func TestBadConfigExitsTwoAndMakesNoKey(t *testing.T) {
 		"bad allow":       {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--allow", "0.0.0.0/0"},
 		"bad name":        {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "a/b"},
 		"bad file":        {"--key", key, "--config", writeConfig(t, "controller: c:7443\nallow: [10.0.0.0/8, nonsense]\n")},
+		"missing plugin":  {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--plugin", "nftables", "--plugin-dir", dir},
+		"wrong pin":       {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--plugin", "iptables", "--plugin-dir", dir, "--plugin-sha256", strings.Repeat("0", 64)},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out, errw strings.Builder
-			if code := Run(context.Background(), args, &out, &errw); code != 2 {
-				t.Errorf("exit %d, want 2; stderr %q", code, errw.String())
+			if code := Run(context.Background(), args, &out, &errw); code != ExitConfig {
+				t.Errorf("exit %d, want %d; stderr %q", code, ExitConfig, errw.String())
 			}
 			if _, err := os.Stat(key); err == nil {
 				t.Fatal("a bad configuration created the agent key")
 			}
 		})
+	}
+}
+
+// TestDaemonNamesFileLine: a value the daemon refuses, from the file, is
+// reported at its line; the same value from the command line as a flag.
+func TestDaemonNamesFileLine(t *testing.T) {
+	p := writeConfig(t, "name: pay-db-01\ncontroller: no-port\n")
+	var out, errw strings.Builder
+	if code := Run(context.Background(), []string{"--config", p}, &out, &errw); code != ExitConfig || !strings.Contains(errw.String(), p+`:2: controller: "no-port": want host:port`) {
+		t.Errorf("exit %d, %q", code, errw.String())
+	}
+	errw.Reset()
+	if code := Run(context.Background(), []string{"--config", p, "--controller", "also-no-port"}, &out, &errw); code != ExitConfig || !strings.Contains(errw.String(), `--controller "also-no-port": want host:port`) {
+		t.Errorf("exit %d, %q", code, errw.String())
 	}
 }
 
@@ -84,7 +102,7 @@ func TestFlagsOverrideFile(t *testing.T) {
 	if err := fs.Parse([]string{"--name", "flag-name", "--allow", "192.0.2.0/24"}); err != nil {
 		t.Fatal(err)
 	}
-	if err := applyConfigFile(fs, true, p); err != nil {
+	if _, err := applyConfigFile(fs, true, p); err != nil {
 		t.Fatal(err)
 	}
 	if cfg.Name != "flag-name" || cfg.Controller != "from-file:7443" || cfg.LogLevel != "debug" ||
@@ -93,7 +111,7 @@ func TestFlagsOverrideFile(t *testing.T) {
 	}
 	// Without the flag, the file's list replaces the default.
 	fs, cfg = agentFlags()
-	if err := applyConfigFile(fs, true, p); err != nil {
+	if _, err := applyConfigFile(fs, true, p); err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(cfg.Allow, ",") != "10.0.0.0/8,10.1.0.0/16" {
@@ -106,14 +124,14 @@ func TestFlagsOverrideFile(t *testing.T) {
 func TestReleaseReadsAgentConfig(t *testing.T) {
 	p := writeConfig(t, "controller: c:7443\ncontroller_fingerprint: SHA256:abc\nname: pay-db-01\ndrift_interval: 1s\n")
 	cmd := newReleaseCmd(os.Stdout, os.Stderr)
-	if err := applyConfigFile(cmd.Flags(), false, p); err != nil {
+	if _, err := applyConfigFile(cmd.Flags(), false, p); err != nil {
 		t.Fatal(err)
 	}
 	if v := cmd.Flags().Lookup("controller-fingerprint").Value.String(); v != "SHA256:abc" {
 		t.Errorf("release read controller_fingerprint %q", v)
 	}
 	bad := writeConfig(t, "nmae: pay-db-01\n")
-	if err := applyConfigFile(cmd.Flags(), false, bad); err == nil || !strings.Contains(err.Error(), ":1: nmae: unknown key") {
+	if _, err := applyConfigFile(cmd.Flags(), false, bad); err == nil || !strings.Contains(err.Error(), ":1: nmae: unknown key") {
 		t.Errorf("release accepted an unknown key: %v", err)
 	}
 }
@@ -136,7 +154,7 @@ func TestCheckConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !res.OK || res.Plugin != "iptables" || res.Settings["name"] != "pay-db-01" || res.Settings["enroll_token"] != "(set)" ||
-		len(res.Notes) != 1 || !strings.Contains(res.Notes[0], "makes it at first start") {
+		len(res.Notes) != 2 || !strings.Contains(res.Notes[0], "makes it at first start") || !strings.Contains(res.Notes[1], "outside /var/lib/cordon-agent") {
 		t.Errorf("check-config -o json = %+v", res)
 	}
 	if strings.Contains(out.String(), "cdn-secret") {
@@ -148,9 +166,11 @@ func TestCheckConfig(t *testing.T) {
 
 	for name, tc := range map[string]struct{ text, want string }{
 		"no plugin":   {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: " + filepath.Join(dir, "k") + "\nplugin: nftables\nplugin_dir: " + plugins + "\n", "cordon-plugin-nftables does not exist"},
-		"wrong pin":   {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: " + filepath.Join(dir, "k") + "\nplugin: iptables\nplugin_dir: " + plugins + "\nplugin_sha256: " + strings.Repeat("0", 64) + "\n", "not the pinned plugin_sha256"},
+		"wrong pin":   {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: " + filepath.Join(dir, "k") + "\nplugin: iptables\nplugin_dir: " + plugins + "\nplugin_sha256: " + strings.Repeat("0", 64) + "\n", ":7: plugin_sha256: " + strings.Repeat("0", 64) + ": " + plugins + "/cordon-plugin-iptables has SHA-256 "},
+		"bad value":   {"controller: c:7443\ncontroller_fingerprint: SHA256:nope\n", `:2: controller_fingerprint: "SHA256:nope": want the SHA256:`},
+		"bad allow":   {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nallow: [10.0.0.0/8, 10.1.2.3/8]\n", `:4: allow: allowlist entry "10.1.2.3/8" has host bits set`},
+		"bad level":   {"controller: c:7443\nlog_level: verbose\n", `:2: log_level: log level "verbose"`},
 		"unknown key": {"controler: c:7443\n", ":1: controler: unknown key"},
-		"no key dir":  {"controller: c:7443\ncontroller_fingerprint: " + fp + "\nname: h\nkey: /nonexistent/dir/k\n", "its directory"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out, errw strings.Builder
@@ -159,5 +179,24 @@ func TestCheckConfig(t *testing.T) {
 				t.Errorf("exit %d, output %q; want 2 and %q", code, out.String(), tc.want)
 			}
 		})
+	}
+}
+
+// TestUnitDoesNotRestartOnConfig: the unit's RestartPreventExitStatus is
+// the daemon's ExitConfig, never 2, which Go's runtime uses for a panic
+// and for SIGABRT (the watchdog): those must be restarted.
+func TestUnitDoesNotRestartOnConfig(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/systemd/cordon-agent.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(l, "RestartPreventExitStatus="); ok {
+			got = append(got, strings.Fields(v)...)
+		}
+	}
+	if strings.Join(got, " ") != strconv.Itoa(ExitConfig) {
+		t.Errorf("RestartPreventExitStatus %q, want %d only", got, ExitConfig)
 	}
 }

@@ -65,7 +65,7 @@ again it isolates the host again unless an operator releases it there
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyConfigFile(cmd.Flags(), false, configFile); err != nil {
+			if _, err := applyConfigFile(cmd.Flags(), false, configFile); err != nil {
 				return err
 			}
 			if !local {

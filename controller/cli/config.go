@@ -11,6 +11,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/flagfile"
@@ -19,6 +20,9 @@ import (
 	"github.com/cordon-ir/cordon/pkg/policy"
 	"github.com/cordon-ir/cordon/pkg/sshkey"
 )
+
+// packagedDataDir is the controller's StateDirectory= in the packaged unit.
+const packagedDataDir = "/var/lib/cordon"
 
 // DefaultControllerConfig is the controller's configuration file in
 // packages, read by 'cordon controller check-config' when no --config is
@@ -51,29 +55,46 @@ func serveFlags() (*pflag.FlagSet, *serveOptions) {
 // controller's configuration file at path, except those set on the
 // command line. Keys are serve's flags only: target also holds the
 // operator flags every cordon command inherits, which have no place there.
-func applyServeConfig(target *pflag.FlagSet, path string) error {
+// It returns the file read (nil when path is ""), for explainServe.
+func applyServeConfig(target *pflag.FlagSet, path string) (*flagfile.File, error) {
 	if path == "" {
-		return nil
+		return nil, nil
 	}
 	cf, err := flagfile.Read(path)
 	if err != nil {
-		return usageErr("configuration file: %v", err)
+		return nil, usageErr("configuration file: %v", err)
 	}
 	schema, _ := serveFlags()
 	if err := cf.Apply(target, schema); err != nil {
-		return usageErr("%v", err)
+		return nil, usageErr("%v", err)
 	}
-	return nil
+	return cf, nil
+}
+
+// explainServe words a refused setting that came from the configuration
+// file cf as the file's line and key (flagfile.File.Explain), and makes
+// it exit ExitConfig.
+func explainServe(err error, cf *flagfile.File, fs *pflag.FlagSet) error {
+	var ee *ExitError
+	if errors.As(err, &ee) && ee.Code == ExitUsage {
+		ee.Err = cf.Explain(ee.Err, fs)
+		ee.Code = ExitConfig
+	}
+	return err
 }
 
 // check checks the options without touching anything, and returns the
 // advertised endpoints parsed.
 func (o *serveOptions) check() ([]policy.Endpoint, error) {
 	if _, err := logging.New(io.Discard, o.logFormat, o.logLevel); err != nil {
-		return nil, err
+		flag := "--log-format"
+		if strings.HasPrefix(err.Error(), "log level") {
+			flag = "--log-level"
+		}
+		return nil, fmt.Errorf("%s: %w", flag, err)
 	}
-	if _, _, err := net.SplitHostPort(o.listen); err != nil {
-		return nil, fmt.Errorf("--listen %q: want host:port", o.listen)
+	if err := checkListen("--listen", o.listen, ":7443"); err != nil {
+		return nil, errors.Unwrap(err)
 	}
 	if err := checkMetricsListen(o.metricsListen); err != nil {
 		return nil, errors.Unwrap(err)
@@ -174,6 +195,7 @@ func checkControllerConfig(path string) ControllerConfigCheck {
 	if err := cf.Apply(fs, fs); err != nil {
 		return fail(err)
 	}
+	explained := func(err error) ControllerConfigCheck { return fail(cf.Explain(err, fs)) }
 	res.Settings = map[string]any{}
 	for _, k := range flagfile.Keys(fs) {
 		f := fs.Lookup(strings.ReplaceAll(k, "_", "-"))
@@ -184,27 +206,64 @@ func checkControllerConfig(path string) ControllerConfigCheck {
 		res.Settings[k] = v
 	}
 	if _, err := o.check(); err != nil {
-		return fail(err)
+		return explained(err)
 	}
-	hostKey, err := sshkey.Load(filepath.Join(o.dataDir, hostKeyFile))
+	hostKey, err := loadHostKey(o.dataDir)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fail(fmt.Errorf("%s has no host key: run 'cordon controller init --data-dir %s' first", o.dataDir, o.dataDir))
-		}
-		return fail(err)
+		return explained(err)
 	}
 	res.HostKey = sshkey.Fingerprint(hostKey.PublicKey())
-	if _, err := os.Stat(filepath.Join(o.dataDir, dbFile)); err != nil {
-		return fail(fmt.Errorf("database: %w", err))
+	if err := sameOwner(o.dataDir); err != nil {
+		return explained(err)
 	}
 	for _, p := range o.clouds {
 		if err := pluginproc.Check(filepath.Join(o.pluginDir, cloud.BinaryPrefix+p)); err != nil {
-			return fail(fmt.Errorf("--cloud %s: %w", p, err))
+			return explained(fmt.Errorf("--cloud %s: %w", p, err))
 		}
+	}
+	if filepath.Clean(o.dataDir) != packagedDataDir {
+		res.Notes = append(res.Notes, "data_dir "+o.dataDir+" is not "+packagedDataDir+", which the packaged unit expects (StateDirectory=, ConditionPathExists=): change the unit too (systemctl edit cordon-controller)")
 	}
 	if host, _, _ := net.SplitHostPort(o.metricsListen); o.metricsListen != "" && host == "" {
 		res.Notes = append(res.Notes, "metrics_listen "+o.metricsListen+" listens on every address, without authentication: prefer 127.0.0.1 or a management address")
 	}
 	res.OK = true
 	return res
+}
+
+// loadHostKey loads the controller's host key from the data directory; an
+// error says what to do, worded for --data-dir.
+func loadHostKey(dataDir string) (ssh.Signer, error) {
+	k, err := sshkey.Load(filepath.Join(dataDir, hostKeyFile))
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil, fmt.Errorf("--data-dir %s has no host key: run 'cordon controller init --data-dir %s' first (as the user the controller runs as: runuser -u cordon -- cordon controller init …)", dataDir, dataDir)
+	case errors.Is(err, os.ErrPermission):
+		return nil, fmt.Errorf("--data-dir %s: %v: the controller runs as a user that cannot read it (chown -R cordon:cordon %s)", dataDir, err, dataDir)
+	case err != nil:
+		return nil, fmt.Errorf("--data-dir %s: %w", dataDir, err)
+	}
+	return k, nil
+}
+
+// sameOwner checks that the data directory's host key and database belong
+// to the directory's owner, the user the service runs as: files made by
+// 'cordon controller init' run as root in a directory of the user cordon
+// cannot be read by the service.
+func sameOwner(dataDir string) error {
+	dir, err := os.Stat(dataDir)
+	if err != nil {
+		return fmt.Errorf("--data-dir %s: %w", dataDir, err)
+	}
+	for _, name := range []string{hostKeyFile, dbFile} {
+		st, err := os.Stat(filepath.Join(dataDir, name))
+		if err != nil {
+			return fmt.Errorf("--data-dir %s: %w", dataDir, err)
+		}
+		if fileOwner(st) != fileOwner(dir) {
+			return fmt.Errorf("--data-dir %s: %s belongs to uid %d, the directory to uid %d, the user the service runs as, which cannot read it (chown -R --reference=%s %s)",
+				dataDir, name, fileOwner(st), fileOwner(dir), dataDir, dataDir)
+		}
+	}
+	return nil
 }

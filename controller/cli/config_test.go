@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -46,9 +47,10 @@ func TestControllerCheckConfig(t *testing.T) {
 	for name, tc := range map[string]struct{ text, want string }{
 		"unknown key":     {"data_dir: " + data + "\nlisten_address: :7443\n", ":2: listen_address: unknown key"},
 		"operator flag":   {"data_dir: " + data + "\ncontroller: x:7443\n", ":2: controller: unknown key"},
-		"bad listen":      {"data_dir: " + data + "\nlisten: 7443\n", `--listen "7443": want host:port`},
+		"bad listen":      {"data_dir: " + data + "\nlisten: 7443\n", `:2: listen: "7443": want host:port`},
 		"bad metrics":     {"data_dir: " + data + "\nmetrics_listen: 127.0.0.1:http\n", "is not a port number"},
-		"bad cloud":       {"data_dir: " + data + "\ncloud: [aws, oracle]\n", `--cloud "oracle"`},
+		"bad cloud":       {"data_dir: " + data + "\ncloud: [aws, oracle]\n", `:2: cloud: "oracle": want aws, azure or gcp`},
+		"bad port":        {"data_dir: " + data + "\nlisten: \":99999\"\n", `:2: listen: ":99999": port "99999" is not a port number`},
 		"bad advertise":   {"data_dir: " + data + "\nadvertise: [ctl.example:7443]\n", "an IP, not a name"},
 		"not initialized": {"data_dir: " + t.TempDir() + "\n", "has no host key: run 'cordon controller init"},
 		"no cloud plugin": {"data_dir: " + data + "\ncloud: [aws]\nplugin_dir: " + plugins + "\n", "cordon-plugin-aws does not exist"},
@@ -68,17 +70,29 @@ func TestControllerCheckConfig(t *testing.T) {
 func TestServeReadsConfig(t *testing.T) {
 	p := writeFile(t, "c.yaml", "data_dir: /nonexistent/cordon\nlisten: 127.0.0.1:0\n")
 	code, _, stderr := run(t, "controller", "serve", "--config", p)
-	if code != ExitFailure || !strings.Contains(stderr, "/nonexistent/cordon has no host key") {
+	if code != ExitConfig || !strings.Contains(stderr, p+":1: data_dir: /nonexistent/cordon has no host key") {
 		t.Errorf("serve with the file's data_dir: exit %d, %q", code, stderr)
 	}
 	other := t.TempDir()
 	code, _, stderr = run(t, "controller", "serve", "--config", p, "--data-dir", other)
-	if code != ExitFailure || !strings.Contains(stderr, other+" has no host key") {
+	if code != ExitConfig || !strings.Contains(stderr, "--data-dir "+other+" has no host key") {
 		t.Errorf("--data-dir over the file: exit %d, %q", code, stderr)
 	}
 	bad := writeFile(t, "c.yaml", "data_dir: /x\nlisten: :7443\nlisten: :7444\n")
 	code, _, stderr = run(t, "controller", "serve", "--config", bad)
-	if code != ExitUsage || !strings.Contains(stderr, bad+":3: listen: given twice") {
+	if code != ExitConfig || !strings.Contains(stderr, bad+":3: listen: given twice") {
 		t.Errorf("bad file: exit %d, %q", code, stderr)
+	}
+}
+
+// TestUnitDoesNotRestartOnConfig: the controller unit's
+// RestartPreventExitStatus is ExitConfig, never 2 (a Go panic, SIGABRT).
+func TestUnitDoesNotRestartOnConfig(t *testing.T) {
+	b, err := os.ReadFile("../../deploy/systemd/cordon-controller.service")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), "\nRestartPreventExitStatus="+strconv.Itoa(ExitConfig)+"\n") || strings.Contains(string(b), "RestartPreventExitStatus=2") {
+		t.Errorf("the unit does not prevent restarts on exactly %d", ExitConfig)
 	}
 }

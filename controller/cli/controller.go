@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -153,12 +152,16 @@ func newControllerServeCmd(g *globals) *cobra.Command {
 		Short: "Run the controller daemon",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := applyServeConfig(cmd.Flags(), configFile); err != nil {
-				return err
+			cf, err := applyServeConfig(cmd.Flags(), configFile)
+			if err != nil {
+				return explainServe(err, nil, cmd.Flags())
 			}
-			return runControllerServe(cmd.Context(), g, o)
+			return explainServe(runControllerServe(cmd.Context(), g, o), cf, cmd.Flags())
 		},
 	}
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &ExitError{Code: ExitConfig, Err: fmt.Errorf("%w\nRun '%s --help' for usage.", err, c.CommandPath())}
+	})
 	cmd.Flags().StringVar(&configFile, "config", "", "YAML configuration `file` (e.g. "+DefaultControllerConfig+"): these flags as keys in snake_case; flags override it")
 	addServeFlags(cmd.Flags(), o)
 	return cmd
@@ -173,12 +176,11 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	hostKey, err := sshkey.Load(filepath.Join(o.dataDir, hostKeyFile))
+	// A data directory the controller cannot use is a configuration it
+	// refuses (exit 2): restarting cannot help.
+	hostKey, err := loadHostKey(o.dataDir)
 	if err != nil {
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("%s has no host key: run 'cordon controller init --data-dir %s' first", o.dataDir, o.dataDir)
-		}
-		return err
+		return usageErr("%v", err)
 	}
 	st, err := store.OpenSQLite(ctx, filepath.Join(o.dataDir, dbFile))
 	if err != nil {

@@ -16,12 +16,19 @@ func checkMetricsListen(addr string) error {
 	if addr == "" {
 		return nil
 	}
+	return checkListen("--metrics-listen", addr, "127.0.0.1:9469")
+}
+
+// checkListen checks a listen address given to flag: host:port, the port
+// a number (0 to 65535), the host empty (every address) or anything
+// net.Listen takes.
+func checkListen(flag, addr, example string) error {
 	_, port, err := net.SplitHostPort(addr)
 	if err != nil || port == "" {
-		return usageErr("--metrics-listen %q: want host:port, such as 127.0.0.1:9469", addr)
+		return usageErr("%s %q: want host:port, such as %s", flag, addr, example)
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return usageErr("--metrics-listen %q: port %q is not a port number", addr, port)
+		return usageErr("%s %q: port %q is not a port number", flag, addr, port)
 	}
 	return nil
 }

@@ -14,8 +14,8 @@ import (
 func TestMetricsListenUsage(t *testing.T) {
 	for _, addr := range []string{"localhost", "127.0.0.1:", "127.0.0.1:metrics", "127.0.0.1:70000", "[::1"} {
 		code, _, stderr := run(t, "controller", "serve", "--data-dir", t.TempDir(), "--listen", "127.0.0.1:0", "--metrics-listen", addr)
-		if code != ExitUsage || !strings.Contains(stderr, "--metrics-listen") {
-			t.Errorf("--metrics-listen %q: exit %d, %q; want exit %d naming the flag", addr, code, stderr, ExitUsage)
+		if code != ExitConfig || !strings.Contains(stderr, "--metrics-listen") {
+			t.Errorf("--metrics-listen %q: exit %d, %q; want exit %d naming the flag", addr, code, stderr, ExitConfig)
 		}
 	}
 }

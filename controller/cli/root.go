@@ -32,8 +32,13 @@ func (e *ExitError) Unwrap() error { return e.Err }
 
 // Exit statuses.
 const (
-	ExitFailure      = 1 // anything went wrong
-	ExitUsage        = 2 // bad flags or arguments
+	ExitFailure = 1 // anything went wrong
+	ExitUsage   = 2 // bad flags or arguments
+	// ExitConfig is 'cordon controller serve''s status for flags or a
+	// configuration it refuses: EX_CONFIG of sysexits.h, not 2, which is
+	// also the Go runtime's status for a panic, a fatal error and SIGABRT
+	// (systemd's watchdog signal). The unit does not restart on it.
+	ExitConfig       = 78
 	ExitOrderFailed  = 3 // --wait: the order failed
 	ExitWaitTimedOut = 4 // --wait: the order had not finished in time
 )

@@ -309,3 +309,29 @@ func Keys(fs *pflag.FlagSet, exclude ...string) []string {
 	})
 	return keys
 }
+
+// Explain returns err as an *Error at the file's line when err is about a
+// setting that came from the file: when its message starts with a flag
+// ("--listen \"7443\": want host:port", as the daemons' checks word them),
+// that flag was not set on target's command line, and the file sets it.
+// Otherwise it returns err unchanged.
+func (cf *File) Explain(err error, target *pflag.FlagSet) error {
+	if cf == nil || err == nil {
+		return err
+	}
+	rest, ok := strings.CutPrefix(err.Error(), "--")
+	if !ok {
+		return err
+	}
+	name, msg, _ := strings.Cut(rest, " ")
+	name = strings.TrimSuffix(name, ":")
+	if f := target.Lookup(name); f != nil && f.Changed {
+		return err
+	}
+	for _, s := range cf.Settings {
+		if s.Flag == name {
+			return &Error{Path: cf.Path, Line: s.Line, Key: s.Key, Err: errors.New(strings.TrimPrefix(msg, ": "))}
+		}
+	}
+	return err
+}

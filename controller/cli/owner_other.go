@@ -1,0 +1,8 @@
+//go:build !unix
+
+package cli
+
+import "os"
+
+// fileOwner returns -1: file owners are a Unix notion.
+func fileOwner(os.FileInfo) int { return -1 }
