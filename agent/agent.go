@@ -232,18 +232,26 @@ func (a *Agent) Run(ctx context.Context) error {
 
 // Healthy reports whether the agent's housekeeping loop, which reads the
 // rules back while the host is isolated, has come round lately: within the
-// plugin timeout (the longest a plugin call may take) and 10 s. It is the
-// agent's liveness for systemd's watchdog (package sdnotify).
+// longest round it may legitimately take (a plugin restart, a status read
+// and a repair, each bounded by the plugin timeout, see stallAfter). It is
+// the agent's liveness for systemd's watchdog (package sdnotify); it does
+// not watch the controller connection, which has keepalives of its own.
 func (a *Agent) Healthy(context.Context) error {
 	last := a.beat.Load()
 	if last == 0 {
 		return nil // not started yet
 	}
-	if d := time.Since(time.Unix(0, last)); d > a.cfg.PluginTimeout+10*time.Second {
-		return fmt.Errorf("housekeeping loop stuck for %v", d.Round(time.Second))
+	if d := time.Since(time.Unix(0, last)); d > a.stallAfter() {
+		return fmt.Errorf("housekeeping loop stuck for %v (longest legitimate round %v)", d.Round(time.Second), a.stallAfter())
 	}
 	return nil
 }
+
+// stallAfter is how long the housekeeping loop may go without coming round
+// before Healthy calls it stuck: a drift round reads the rules and puts
+// them back (two plugin calls, each within the plugin timeout), and may
+// start the plugin again first; 30 s of slack covers the starts.
+func (a *Agent) stallAfter() time.Duration { return 2*a.cfg.PluginTimeout + 30*time.Second }
 
 // session makes one connection, says hello, and serves orders until the
 // connection ends. connected reports whether it got as far as the hello.

@@ -208,7 +208,11 @@ func (m *metrics) report(fx reportEffect) {
 		m.orderDuration.WithLabelValues(fx.order.Kind).Observe(fx.order.DoneAt.Sub(fx.order.CreatedAt).Seconds())
 	case store.OrderFailed:
 		m.ordersFailed.WithLabelValues(fx.order.Kind).Inc()
-		m.pluginFailures.WithLabelValues(layerHost, fx.plugin).Inc()
+		// Only isolate and release orders use the firewall plugin; a
+		// snapshot order fails on its own.
+		if fx.order.Kind == string(wire.KindIsolate) || fx.order.Kind == string(wire.KindRelease) {
+			m.pluginFailures.WithLabelValues(layerHost, fx.plugin).Inc()
+		}
 	}
 }
 
