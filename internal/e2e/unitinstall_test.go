@@ -131,7 +131,13 @@ func TestInstalledAgentUnit(t *testing.T) {
 	before := w.allRules()
 	w.StopAgent()
 	notify.wait(t, "STOPPING=1", 5*time.Second)
-	prerm := w.Host.Command("sh", in("/var/lib/dpkg/info/cordon-agent.prerm"), "remove")
+	// The removal script as on a real host (no DPKG_ROOT), in a mount
+	// namespace of its own whose systemd directories are empty tmpfs: it
+	// reads the firewall of the host's network namespace, and its
+	// systemctl calls cannot touch this machine's services.
+	prerm := w.Host.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
+		`for d in /etc/systemd/system /run/systemd; do if [ -d "$d" ]; then mount -t tmpfs cordon-test "$d"; fi; done; exec sh "$0" remove`,
+		in("/var/lib/dpkg/info/cordon-agent.prerm"))
 	prerm.Env = append(os.Environ(), "DPKG_ROOT=")
 	msg, _ := prerm.CombinedOutput()
 	if !strings.Contains(string(msg), "THIS HOST IS ISOLATED") {

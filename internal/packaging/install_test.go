@@ -149,6 +149,16 @@ func TestDebInstall(t *testing.T) {
 			t.Errorf("%s not enabled: %q %v", u, link, err)
 		}
 	}
+	// An upgrade keeps the enablement as the administrator set it.
+	if out, err := exec.Command("systemctl", "--root="+root, "disable", "cordon-agent.service").CombinedOutput(); err != nil {
+		t.Fatalf("systemctl --root disable: %v %s", err, out)
+	}
+	if _, err := Dpkg(root, "-i", find(t, bs, "cordon-agent", "deb")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/cordon-agent.service")); err == nil {
+		t.Error("an upgrade enabled the agent the administrator had disabled")
+	}
 	// The installed binaries run, with the package's version.
 	if v, err := exec.Command(filepath.Join(root, "usr/bin/cordon-agent"), "version").Output(); err != nil || !strings.Contains(string(v), "0.1.0~test") {
 		t.Errorf("cordon-agent version: %q %v", v, err)
@@ -231,6 +241,10 @@ func TestRPMContents(t *testing.T) {
 			if !strings.Contains(string(out), w+"\n") {
 				t.Errorf("%s: no %q in\n%s", pkg, w, out)
 			}
+		}
+		recs, _ := exec.Command("rpm", "-qp", "--recommends", p).Output()
+		if pkg == "cordon-agent" && strings.TrimSpace(string(recs)) != "(nftables or iptables)" {
+			t.Errorf("%s recommends %q, want the rich dependency (nftables or iptables)", pkg, recs)
 		}
 		scripts, err := exec.Command("rpm", "-qp", "--scripts", p).CombinedOutput()
 		if err != nil || !strings.Contains(string(scripts), "postinstall scriptlet") || !strings.Contains(string(scripts), "systemctl") {
