@@ -267,7 +267,7 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 	}
 	remote = netip.AddrPortFrom(remote.Addr().Unmap(), remote.Port())
 	nc.SetDeadline(time.Now().Add(a.cfg.DialTimeout))
-	conn, chans, reqs, err := handshake(nc, a.cfg.Controller, a.cfg.Name, a.cfg.Fingerprint, a.cfg.Signer, a.cfg.EnrollToken, a.cfg.DialTimeout)
+	conn, chans, reqs, err := handshake(nc, a.cfg.Controller, a.cfg.Name, a.cfg.Fingerprint, a.cfg.Signer, a.cfg.EnrollToken, a.cfg.DialTimeout, nil)
 	if err != nil {
 		return false, err
 	}
@@ -301,10 +301,16 @@ func (a *Agent) session(ctx context.Context) (connected bool, err error) {
 // controller's host key, proves the agent key and, for a key not yet
 // enrolled, answers the controller's keyboard-interactive question with the
 // enrollment token. A refusal says why (the controller's banner).
-func handshake(nc net.Conn, controller, name, fingerprint string, signer ssh.Signer, token string, timeout time.Duration) (ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
+//
+// tokenAsked, if not nil, is set when the controller asked for the token:
+// the key was not enrolled yet.
+func handshake(nc net.Conn, controller, name, fingerprint string, signer ssh.Signer, token string, timeout time.Duration, tokenAsked *bool) (ssh.Conn, <-chan ssh.NewChannel, <-chan *ssh.Request, error) {
 	auth := []ssh.AuthMethod{ssh.PublicKeys(signer)}
 	if token != "" {
 		auth = append(auth, ssh.KeyboardInteractive(func(name, instruction string, questions []string, echos []bool) ([]string, error) {
+			if tokenAsked != nil {
+				*tokenAsked = true
+			}
 			answers := make([]string, len(questions))
 			for i := range questions {
 				answers[i] = token
@@ -354,25 +360,26 @@ type EnrollConfig struct {
 // Enroll enrolls the agent key with the controller, as the agent's first
 // connection would (a cordon-agent enroll at install time): it connects,
 // pins the host key, proves the key and gives the token, then hangs up.
-// It returns nil when the key is enrolled, also when it already was; a
-// refusal says why.
-func Enroll(ctx context.Context, c EnrollConfig) error {
+// It returns nil when the key is enrolled, with tokenUsed false when it
+// already was (the controller did not ask for the token, which stays
+// unused); a refusal says why.
+func Enroll(ctx context.Context, c EnrollConfig) (tokenUsed bool, err error) {
 	if c.Timeout == 0 {
 		c.Timeout = 15 * time.Second
 	}
 	d := net.Dialer{Timeout: c.Timeout}
 	nc, err := d.DialContext(ctx, "tcp", c.Controller)
 	if err != nil {
-		return fmt.Errorf("cannot connect to the controller: %w", err)
+		return false, fmt.Errorf("cannot connect to the controller: %w", err)
 	}
 	defer nc.Close()
 	nc.SetDeadline(time.Now().Add(c.Timeout))
-	conn, _, reqs, err := handshake(nc, c.Controller, c.Name, c.Fingerprint, c.Signer, c.Token, c.Timeout)
+	conn, _, reqs, err := handshake(nc, c.Controller, c.Name, c.Fingerprint, c.Signer, c.Token, c.Timeout, &tokenUsed)
 	if err != nil {
-		return err
+		return false, err
 	}
 	go ssh.DiscardRequests(reqs)
-	return conn.Close()
+	return tokenUsed, conn.Close()
 }
 
 // dial connects to the controller. While Cordon's rules are in place it

@@ -200,3 +200,62 @@ func TestUnitDoesNotRestartOnConfig(t *testing.T) {
 		t.Errorf("RestartPreventExitStatus %q, want %d only", got, ExitConfig)
 	}
 }
+
+// TestEnrollOffline: --offline writes the token for the first start, makes
+// no key (an image must not carry one) and, without --name, no name.
+func TestEnrollOffline(t *testing.T) {
+	dir := t.TempDir()
+	cfgPath, key := filepath.Join(dir, "etc", "agent.yaml"), filepath.Join(dir, "state", "agent_ed25519")
+	tok := filepath.Join(dir, "token")
+	os.WriteFile(tok, []byte("cdn-offline-token\n"), 0o600)
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	args := []string{"enroll", "--offline", "--controller", "ctl.example:7443", "--controller-fingerprint", fp,
+		"--token-file", tok, "--config", cfgPath, "--key", key, "--allow", "10.20.0.0/24"}
+	var out, errw strings.Builder
+	if code := Run(context.Background(), args, &out, &errw); code != 0 {
+		t.Fatalf("exit %d: %s", code, errw.String())
+	}
+	if _, err := os.Stat(key); err == nil {
+		t.Error("--offline made the key")
+	}
+	st, err := os.Stat(cfgPath)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("configuration: %v %v", st, err)
+	}
+	fs, cfg := agentFlags()
+	if _, err := applyConfigFile(fs, true, cfgPath); err != nil {
+		t.Fatal(err)
+	}
+	def := defaults()
+	if cfg.EnrollToken != "cdn-offline-token" || cfg.Controller != "ctl.example:7443" || cfg.Key != key ||
+		strings.Join(cfg.Allow, ",") != "10.20.0.0/24" || cfg.Name != def.Name {
+		t.Errorf("written configuration read back as %+v", cfg)
+	}
+	if b, _ := os.ReadFile(cfgPath); strings.Contains(string(b), "\nname:") {
+		t.Errorf("--offline without --name wrote a name:\n%s", b)
+	}
+	// Once written, not again.
+	if code := Run(context.Background(), args, &out, &errw); code != 1 || !strings.Contains(errw.String(), "exists") {
+		t.Errorf("second enroll: exit %d, %q", code, errw.String())
+	}
+	// Token on standard input; both forms at once refused.
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"enroll", "--offline", "--controller", "c:1", "--controller-fingerprint", fp, "--token-file", "-", "--config", filepath.Join(dir, "b.yaml")}, 0},
+		{[]string{"enroll", "--offline", "--controller", "c:1", "--controller-fingerprint", fp, "--token", "x", "--token-file", tok, "--config", filepath.Join(dir, "c.yaml")}, 2},
+		{[]string{"enroll", "--offline", "--controller", "c:1", "--controller-fingerprint", fp, "--config", filepath.Join(dir, "d.yaml")}, 2},
+	} {
+		cmd := NewCommand(&out, &errw)
+		cmd.SetArgs(tc.args)
+		cmd.SetIn(strings.NewReader("cdn-from-stdin\n"))
+		err := cmd.Execute()
+		if (err == nil) != (tc.code == 0) {
+			t.Errorf("%v: %v", tc.args, err)
+		}
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, "b.yaml")); !strings.Contains(string(b), "enroll_token: cdn-from-stdin") {
+		t.Errorf("token from stdin not written:\n%s", b)
+	}
+}

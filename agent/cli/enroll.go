@@ -20,21 +20,24 @@ import (
 
 // EnrollResult is what 'cordon-agent enroll -o json' prints.
 type EnrollResult struct {
-	Name       string `json:"name"`
-	Key        string `json:"key"`         // the agent key's fingerprint
-	KeyFile    string `json:"key_file"`    // where it is
-	KeyCreated bool   `json:"key_created"` // made by this enroll
-	Config     string `json:"config"`      // the configuration file written
+	Name       string `json:"name,omitempty"` // "" with --offline and no --name: the host's name at first start
+	Key        string `json:"key,omitempty"`  // the agent key's fingerprint; "" with --offline
+	KeyFile    string `json:"key_file"`       // where it is (or will be)
+	KeyCreated bool   `json:"key_created"`    // made by this enroll
+	Config     string `json:"config"`         // the configuration file written
 	Controller string `json:"controller"`
 	// Enrolled is true when the controller took the key; false with
 	// --offline, where the token is written into the configuration for the
 	// agent's first start.
 	Enrolled bool `json:"enrolled"`
+	// TokenUsed is false when the key was enrolled already: the
+	// controller did not ask for the token, which stays unused.
+	TokenUsed bool `json:"token_used"`
 }
 
 func newEnrollCmd(out, errw io.Writer) *cobra.Command {
 	cfg := defaults()
-	var configFile, output string
+	var configFile, output, tokenFile string
 	var offline, force bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
@@ -47,9 +50,14 @@ token from 'cordon enroll create', and write the agent's configuration file
 name and the other flags given. The token is used up here and is not written.
 Then start the agent: systemctl start cordon-agent.
 
-With --offline (the controller cannot be reached from here now, e.g. while
-building an image) nothing is sent: the token is written into the
-configuration and the agent enrolls at its first start.
+Give the token with --token-file FILE ('-' for standard input) rather than
+--token: a command line is visible to every local user.
+
+With --offline (the controller cannot be reached from here now) nothing is
+sent and no key is made: the token is written into the configuration and
+the agent makes its key and enrolls at its first start. A token is used
+once: an image cloned to many hosts needs an enroll on each, at first boot,
+each with a token of its own.
 
 An existing configuration file is left alone unless --force is given.`,
 		Args:          cobra.NoArgs,
@@ -59,8 +67,18 @@ An existing configuration file is left alone unless --force is given.`,
 			if output != "text" && output != "json" {
 				return usageError{fmt.Errorf("-o %q: want text or json", output)}
 			}
+			if tokenFile != "" {
+				if cfg.EnrollToken != "" {
+					return usageError{errors.New("--token and --token-file: give one")}
+				}
+				tok, err := readToken(tokenFile, cmd.InOrStdin())
+				if err != nil {
+					return usageError{err}
+				}
+				cfg.EnrollToken = tok
+			}
 			if cfg.EnrollToken == "" {
-				return usageError{errors.New("--token is required: a one-time token from 'cordon enroll create'")}
+				return usageError{errors.New("--token-file (or --token) is required: a one-time token from 'cordon enroll create'")}
 			}
 			c, err := cfg.check()
 			if err != nil {
@@ -82,10 +100,13 @@ An existing configuration file is left alone unless --force is given.`,
 			if res.KeyCreated {
 				made = "new"
 			}
-			if res.Enrolled {
+			switch {
+			case res.Enrolled && res.TokenUsed:
 				fmt.Fprintf(out, "enrolled %s with the controller %s: %s agent key %s (%s)\n", res.Name, res.Controller, made, res.Key, res.KeyFile)
-			} else {
-				fmt.Fprintf(out, "not enrolled yet (--offline): the agent enrolls its %s key %s (%s) at its first start\n", made, res.Key, res.KeyFile)
+			case res.Enrolled:
+				fmt.Fprintf(out, "the agent key %s (%s) is enrolled as %s already; the token was not used\n", res.Key, res.KeyFile, res.Name)
+			default:
+				fmt.Fprintf(out, "not enrolled yet (--offline): the agent makes its key (%s) and enrolls at its first start\n", res.KeyFile)
 			}
 			fmt.Fprintf(out, "wrote %s\nstart the agent: systemctl start cordon-agent\n", res.Config)
 			return nil
@@ -97,7 +118,8 @@ An existing configuration file is left alone unless --force is given.`,
 	addFlags(f, &cfg)
 	// The daemon's --enroll-token is --token here.
 	f.Lookup("enroll-token").Hidden = true
-	f.StringVar(&cfg.EnrollToken, "token", "", "one-time enrollment `token` from 'cordon enroll create'")
+	f.StringVar(&cfg.EnrollToken, "token", "", "one-time enrollment `token` from 'cordon enroll create' (visible to local users while enroll runs: prefer --token-file)")
+	f.StringVar(&tokenFile, "token-file", "", "`file` holding the one-time enrollment token ('-': standard input)")
 	f.StringVar(&configFile, "config", DefaultConfigFile, "configuration `file` to write")
 	f.BoolVar(&offline, "offline", false, "do not contact the controller: write the token into the configuration for the agent's first start")
 	f.BoolVar(&force, "force", false, "write the configuration file even if it exists")
@@ -111,27 +133,32 @@ An existing configuration file is left alone unless --force is given.`,
 // the controller, fingerprint, name and key always.
 func enroll(cmd *cobra.Command, cfg Config, configFile string, offline bool, timeout time.Duration) (EnrollResult, error) {
 	res := EnrollResult{Name: cfg.Name, KeyFile: cfg.Key, Config: configFile, Controller: cfg.Controller}
-	if err := os.MkdirAll(filepath.Dir(cfg.Key), 0o700); err != nil {
-		return res, fmt.Errorf("agent key directory: %w", err)
-	}
-	signer, created, err := sshkey.LoadOrCreate(cfg.Key, "cordon-agent@"+cfg.Name)
-	if err != nil {
-		return res, fmt.Errorf("agent key %s: %w", cfg.Key, err)
-	}
-	res.Key, res.KeyCreated = sshkey.Fingerprint(signer.PublicKey()), created
-	if !offline {
-		err := agent.Enroll(cmd.Context(), agent.EnrollConfig{Controller: cfg.Controller, Fingerprint: cfg.ControllerFingerprint,
+	if offline {
+		// The key is made at first start, on the host that runs the
+		// agent: not here, where it would be cloned with an image.
+		if !cmd.Flags().Changed("name") {
+			res.Name = ""
+		}
+	} else {
+		if err := os.MkdirAll(filepath.Dir(cfg.Key), 0o700); err != nil {
+			return res, fmt.Errorf("agent key directory: %w", err)
+		}
+		signer, created, err := sshkey.LoadOrCreate(cfg.Key, "cordon-agent@"+cfg.Name)
+		if err != nil {
+			return res, fmt.Errorf("agent key %s: %w", cfg.Key, err)
+		}
+		res.Key, res.KeyCreated = sshkey.Fingerprint(signer.PublicKey()), created
+		used, err := agent.Enroll(cmd.Context(), agent.EnrollConfig{Controller: cfg.Controller, Fingerprint: cfg.ControllerFingerprint,
 			Name: cfg.Name, Signer: signer, Token: cfg.EnrollToken, Timeout: timeout})
 		if err != nil {
-			return res, fmt.Errorf("enroll %s with %s: %w (the key %s stays; run enroll again, or --offline to enroll at first start)",
-				cfg.Name, cfg.Controller, err, cfg.Key)
+			return res, fmt.Errorf("enroll %s with %s: %w; %s", cfg.Name, cfg.Controller, err, enrollHint(err, cfg))
 		}
-		res.Enrolled = true
+		res.Enrolled, res.TokenUsed = true, used
 	}
 	// What goes into the file: the daemon's settings given here, and the
 	// controller, fingerprint, name and key always; the token only when
 	// it is still to be used, at the agent's first start.
-	keep := map[string]bool{"controller": true, "controller-fingerprint": true, "name": true, "key": true}
+	keep := map[string]bool{"controller": true, "controller-fingerprint": true, "name": res.Name != "", "key": true}
 	cmd.Flags().Visit(func(f *pflag.Flag) { keep[f.Name] = true })
 	keep["enroll-token"] = offline
 	fs, _ := agentFlags()
@@ -162,6 +189,47 @@ func enroll(cmd *cobra.Command, cfg Config, configFile string, offline bool, tim
 		return res, fmt.Errorf("write %s: %w", configFile, err)
 	}
 	return res, nil
+}
+
+// enrollHint says what to do about a refused enrollment.
+func enrollHint(err error, cfg Config) string {
+	msg := err.Error()
+	switch {
+	case errors.Is(err, sshkey.ErrHostKeyMismatch):
+		return "check --controller-fingerprint against what 'cordon controller init' printed ('cordon controller check-config' on the controller shows it)"
+	case strings.Contains(msg, "token is unknown, used or expired"):
+		return "mint a new token on the controller: cordon enroll create"
+	case strings.Contains(msg, "already enrolled with another key"):
+		return "the name belongs to another agent key: enroll under another --name"
+	case strings.Contains(msg, "the key is not enrolled") || strings.Contains(msg, "unable to authenticate"):
+		return "this key may be enrolled under another name than " + cfg.Name + " (the controller's log says which): give that --name"
+	case strings.Contains(msg, "cannot connect") || strings.Contains(msg, "handshake"):
+		return "check --controller and that this host reaches its port; --offline writes the token for the agent's first start instead"
+	}
+	return "the key " + cfg.Key + " stays; run enroll again"
+}
+
+// readToken reads an enrollment token from path, or from stdin for "-":
+// the first line, trimmed.
+func readToken(path string, stdin io.Reader) (string, error) {
+	r := stdin
+	if path != "-" {
+		f, err := os.Open(path)
+		if err != nil {
+			return "", fmt.Errorf("--token-file: %w", err)
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, 4096))
+	if err != nil {
+		return "", fmt.Errorf("--token-file: %w", err)
+	}
+	tok, _, _ := strings.Cut(string(b), "\n")
+	if tok = strings.TrimSpace(tok); tok == "" {
+		return "", fmt.Errorf("--token-file %s: no token in it", path)
+	}
+	return tok, nil
 }
 
 // writeFileAtomic writes data to path through a temporary file in the same

@@ -96,3 +96,35 @@ func TestUnitDoesNotRestartOnConfig(t *testing.T) {
 		t.Errorf("the unit does not prevent restarts on exactly %d", ExitConfig)
 	}
 }
+
+// TestInitAsRootForServiceUser: init run as root in a data directory
+// owned by the service's user gives that user what it makes, so the
+// service can read it; check-config refuses files of another owner.
+func TestInitAsRootForServiceUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to own files as another user")
+	}
+	data := filepath.Join(t.TempDir(), "cordon")
+	os.Mkdir(data, 0o700)
+	const uid, gid = 54321, 54322
+	if err := os.Chown(data, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := run(t, "controller", "init", "--data-dir", data); code != 0 {
+		t.Fatalf("init: %d %s", code, stderr)
+	}
+	for _, name := range []string{hostKeyFile, operatorKeyFile, dbFile, evidenceDir} {
+		st, err := os.Stat(filepath.Join(data, name))
+		if err != nil || fileOwner(st) != uid || fileGroup(filepath.Join(data, name)) != gid {
+			t.Errorf("%s: owner %v (%v), want %d:%d", name, fileOwner(st), err, uid, gid)
+		}
+	}
+	cfg := writeFile(t, "c.yaml", "data_dir: "+data+"\n")
+	if code, stdout, _ := run(t, "controller", "check-config", "--config", cfg); code != 0 {
+		t.Errorf("check-config: %d %s", code, stdout)
+	}
+	os.Chown(filepath.Join(data, dbFile), 0, 0)
+	if code, stdout, _ := run(t, "controller", "check-config", "--config", cfg); code != ExitUsage || !strings.Contains(stdout, "cordon.db belongs to uid 0, the directory to uid 54321") {
+		t.Errorf("check-config with a root-owned database: %d %s", code, stdout)
+	}
+}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
 	"os"
@@ -82,6 +83,26 @@ func runControllerInit(ctx context.Context, g *globals, o *initOptions) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
+	// Run as root in a data directory of another user (the packaged
+	// cordon's), what init makes is given to that user, who runs the
+	// service and must read it.
+	owner, chownTo := -1, -1
+	if st, err := os.Stat(dir); err == nil && os.Geteuid() == 0 {
+		owner = fileOwner(st)
+		if owner > 0 {
+			chownTo = owner
+		}
+	}
+	defer func() {
+		if chownTo > 0 {
+			filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+				if err == nil {
+					os.Lchown(p, chownTo, fileGroup(dir))
+				}
+				return nil
+			})
+		}
+	}()
 	hostKey, err := sshkey.Create(filepath.Join(dir, hostKeyFile), "cordon-controller")
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
@@ -126,8 +147,9 @@ func runControllerInit(ctx context.Context, g *globals, o *initOptions) error {
   admin operator key:   %s
   enrollment token:     %s
       (one-time, for the first agent; expires %s; more with 'cordon enroll create')
-Start it with:
-  cordon controller serve --data-dir %s --listen :7443
+Start it:
+  systemctl start cordon-controller       (installed from the package)
+  cordon controller serve --data-dir %s --listen :7443   (by hand)
 `, dir, res.Fingerprint, res.OperatorKey, res.EnrollToken, res.ExpiresAt.Format(time.RFC3339), dir)
 	return nil
 }

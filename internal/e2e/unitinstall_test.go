@@ -43,17 +43,21 @@ func TestInstalledAgentUnit(t *testing.T) {
 	// Install time: enroll with a token, which writes the key and the
 	// configuration file once.
 	agentBin, config := in("/usr/bin/cordon-agent"), in("/etc/cordon/agent.yaml")
-	out, err := w.Host.Output(agentBin, "enroll", "--controller", w.CtlAddr, "--controller-fingerprint", w.Fingerprint,
-		"--token", w.Token, "--name", hostName, "--config", config, "--key", in("/var/lib/cordon-agent/agent_ed25519"),
-		"--plugin-dir", in("/usr/lib/cordon/plugins"), "-o", "json")
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(tokenFile, []byte(w.Token+"\n"), 0o600)
+	enroll := []string{"enroll", "--controller", w.CtlAddr, "--controller-fingerprint", w.Fingerprint,
+		"--token-file", tokenFile, "--name", hostName, "--config", config, "--key", in("/var/lib/cordon-agent/agent_ed25519"),
+		"--plugin-dir", in("/usr/lib/cordon/plugins"), "-o", "json"}
+	out, err := w.Host.Output(agentBin, enroll...)
 	if err != nil {
 		t.Fatalf("enroll: %v\n%s", err, out)
 	}
 	var enrolled struct {
 		Enrolled   bool `json:"enrolled"`
 		KeyCreated bool `json:"key_created"`
+		TokenUsed  bool `json:"token_used"`
 	}
-	if err := json.Unmarshal([]byte(out), &enrolled); err != nil || !enrolled.Enrolled || !enrolled.KeyCreated {
+	if err := json.Unmarshal([]byte(out), &enrolled); err != nil || !enrolled.Enrolled || !enrolled.KeyCreated || !enrolled.TokenUsed {
 		t.Fatalf("enroll -o json: %q %v", out, err)
 	}
 	if b, _ := os.ReadFile(config); strings.Contains(string(b), w.Token) {
@@ -65,6 +69,13 @@ func TestInstalledAgentUnit(t *testing.T) {
 	if out, err := w.Host.Output(agentBin, "enroll", "--controller", w.CtlAddr, "--controller-fingerprint", w.Fingerprint,
 		"--token", w.Token, "--config", config); err == nil || !strings.Contains(err.Error(), "exists: this host is set up already") {
 		t.Errorf("a second enroll did not refuse to overwrite the configuration: %v %s", err, out)
+	}
+	// Again with --force: the key is enrolled already, the (used) token
+	// is not asked for, and enroll says so.
+	out, err = w.Host.Output(agentBin, append(enroll, "--force")...)
+	enrolled.TokenUsed = true
+	if err != nil || json.Unmarshal([]byte(out), &enrolled) != nil || !enrolled.Enrolled || enrolled.KeyCreated || enrolled.TokenUsed {
+		t.Errorf("enroll --force of an enrolled key: %v %q", err, out)
 	}
 	if out, err := w.Host.Output(agentBin, "check-config", "--config", config); err != nil || !strings.HasPrefix(out, config+": ok") {
 		t.Errorf("check-config of what enroll wrote: %v\n%s", err, out)
