@@ -31,7 +31,7 @@ func runHosts(ctx context.Context, g *globals) error {
 		return g.printJSON(hosts)
 	}
 	if len(hosts) == 0 {
-		_, err := fmt.Fprintln(g.io.Out, "no hosts enrolled yet: start an agent with a token from 'cordon enroll create'")
+		_, err := fmt.Fprintln(g.io.Out, "no hosts enrolled yet: mint a token with 'cordon enroll create', then run 'cordon-agent enroll' on the host")
 		return err
 	}
 	now := time.Now()
