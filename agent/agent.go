@@ -167,7 +167,13 @@ func New(cfg Config) (*Agent, error) {
 		queue:     make(chan wire.Order, maxQueued),
 		snapQueue: make(chan wire.Order, maxQueued),
 	}
-	a.fw = newPlugin(cfg.Plugin, log)
+	pc := cfg.Plugin
+	if pc.Logger == nil {
+		// The plugin's lines go to the agent's log with their fields;
+		// one about an order gets the order's incident added.
+		pc.Logger = slog.New(&incidentHandler{h: log.With("component", "plugin").Handler(), incidentOf: a.incidentOf})
+	}
+	a.fw = newPlugin(pc, log)
 	a.outbox = newOutbox(a)
 	return a, nil
 }
@@ -535,6 +541,43 @@ func (a *Agent) incidentOf(id string) string {
 	a.ordMu.Lock()
 	defer a.ordMu.Unlock()
 	return a.orders[id]
+}
+
+// incidentHandler adds "incident" to a record that has an "order_id" and
+// no incident, from incidentOf: the plugin's lines about an order know its
+// id only.
+type incidentHandler struct {
+	h          slog.Handler
+	incidentOf func(orderID string) string
+}
+
+func (h *incidentHandler) Enabled(ctx context.Context, l slog.Level) bool { return h.h.Enabled(ctx, l) }
+
+func (h *incidentHandler) Handle(ctx context.Context, r slog.Record) error {
+	var id string
+	var has bool
+	r.Attrs(func(a slog.Attr) bool {
+		switch a.Key {
+		case "order_id":
+			id = a.Value.String()
+		case "incident":
+			has = true
+		}
+		return true
+	})
+	if id != "" && !has {
+		r = r.Clone()
+		r.AddAttrs(slog.String("incident", h.incidentOf(id)))
+	}
+	return h.h.Handle(ctx, r)
+}
+
+func (h *incidentHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return &incidentHandler{h: h.h.WithAttrs(as), incidentOf: h.incidentOf}
+}
+
+func (h *incidentHandler) WithGroup(name string) slog.Handler {
+	return &incidentHandler{h: h.h.WithGroup(name), incidentOf: h.incidentOf}
 }
 
 // orderLog returns the agent's logger with the fields of every line about

@@ -215,7 +215,7 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	}
 	clouds := map[string]cloud.Layer{}
 	for _, p := range o.clouds {
-		c, err := cloud.Supervise(cloud.LaunchConfig{Dir: o.pluginDir, Name: p, Stderr: os.Stderr})
+		c, err := cloud.Supervise(cloud.LaunchConfig{Dir: o.pluginDir, Name: p, Logger: log.With("component", "cloud")})
 		if err != nil {
 			return fmt.Errorf("--cloud %s: %w", p, err)
 		}

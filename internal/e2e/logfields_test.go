@@ -59,7 +59,7 @@ func TestOrderLogFields(t *testing.T) {
 		log  *stage.LogBuf
 	}{{"controller", w.CtlLog}, {"agent", w.AgentLog}} {
 		seen := map[string]int{} // order id → lines
-		jsonLines := 0
+		jsonLines, pluginLines := 0, 0
 		sc := bufio.NewScanner(strings.NewReader(d.log.String()))
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
@@ -78,6 +78,9 @@ func TestOrderLogFields(t *testing.T) {
 				continue
 			}
 			seen[id.(string)]++
+			if _, ok := rec["plugin_module"]; ok {
+				pluginLines++ // the firewall plugin's own line, through the agent's log
+			}
 			if rec["host"] != hostName {
 				t.Errorf("%s: line about order %v has host %v, want %q: %s", d.name, id, rec["host"], hostName, sc.Text())
 			}
@@ -87,6 +90,9 @@ func TestOrderLogFields(t *testing.T) {
 		}
 		if jsonLines == 0 {
 			t.Fatalf("%s: no JSON log line: --log-format json not in effect", d.name)
+		}
+		if d.name == "agent" && pluginLines == 0 {
+			t.Errorf("agent: no line of the firewall plugin about an order in the agent's log")
 		}
 		for id := range incidents {
 			if seen[id] == 0 {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -51,6 +52,9 @@ type LaunchConfig struct {
 	StartTimeout time.Duration
 	// Stderr receives the plugin's log output; nil means os.Stderr.
 	Stderr io.Writer
+	// Logger, if set, takes the plugin's log output instead of Stderr,
+	// each line a record with its fields (pluginproc.Spec.Logger).
+	Logger *slog.Logger
 	// Env is extra environment for the plugin, "KEY=value" each, on top of
 	// the controller's own (which the SDK's credential chain reads too):
 	// AWS_PROFILE, say, or an endpoint override for tests. An entry
@@ -95,7 +99,7 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		Path: path, Name: cfg.Name,
 		Handshake: Handshake, PluginName: PluginName, Plugin: &GRPCPlugin{},
 		SHA256: cfg.SHA256, Env: cfg.Env, SocketDir: cfg.SocketDir,
-		StartTimeout: cfg.StartTimeout, Log: cfg.Stderr,
+		StartTimeout: cfg.StartTimeout, Log: cfg.Stderr, Logger: cfg.Logger,
 	})
 	var nf *pluginproc.NotFoundError
 	var se *pluginproc.StartError

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"path/filepath"
 	"regexp"
 	"time"
@@ -42,6 +43,9 @@ type LaunchConfig struct {
 	StartTimeout time.Duration
 	// Stderr receives the plugin's log output; nil means os.Stderr.
 	Stderr io.Writer
+	// Logger, if set, takes the plugin's log output instead of Stderr,
+	// each line a record with its fields (pluginproc.Spec.Logger).
+	Logger *slog.Logger
 }
 
 var nameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9_-]{0,31}$`)
@@ -71,7 +75,7 @@ func Launch(cfg LaunchConfig) (*Client, error) {
 		Path: path, Name: cfg.Name,
 		Handshake: Handshake, PluginName: PluginName, Plugin: &GRPCPlugin{},
 		SHA256: cfg.SHA256, SocketDir: cfg.SocketDir,
-		StartTimeout: cfg.StartTimeout, Log: cfg.Stderr,
+		StartTimeout: cfg.StartTimeout, Log: cfg.Stderr, Logger: cfg.Logger,
 	})
 	var nf *pluginproc.NotFoundError
 	if errors.As(err, &nf) {

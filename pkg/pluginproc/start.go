@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -33,6 +34,10 @@ type Spec struct {
 	StartTimeout time.Duration
 	// Log receives the plugin's log output; nil means os.Stderr.
 	Log io.Writer
+	// Logger, if set, takes the plugin's log output instead of Log, each
+	// line a record with its fields as attributes (the plugin's lines then
+	// reach the journal as the host's own do).
+	Logger *slog.Logger
 }
 
 // StartError says that the executable ran but did not come up serving the
@@ -57,6 +62,18 @@ func (e *StartError) Error() string {
 }
 
 func (e *StartError) Unwrap() error { return e.Err }
+
+// pluginLogger is go-plugin's logger for the plugin: text to log, or,
+// with s.Logger, JSON lines turned into records of s.Logger.
+func pluginLogger(s Spec, log io.Writer) hclog.Logger {
+	opts := &hclog.LoggerOptions{Name: "plugin." + s.Name, Output: log, Level: hclog.Info}
+	if s.Logger != nil {
+		opts.Output = &slogWriter{log: s.Logger.With("plugin", s.Name)}
+		opts.JSONFormat = true
+		opts.DisableTime = true
+	}
+	return hclog.New(opts)
+}
 
 // Start checks, starts and connects to the plugin s names, and dispenses
 // the plugin it serves. Errors: a *NotFoundError when the executable is
@@ -95,11 +112,7 @@ func Start(s Spec) (*plugin.Client, any, error) {
 		UnixSocketConfig: sock,
 		SkipHostEnv:      true, // cmd.Env already holds it
 		Stderr:           tail,
-		Logger: hclog.New(&hclog.LoggerOptions{
-			Name:   "plugin." + s.Name,
-			Output: log,
-			Level:  hclog.Info,
-		}),
+		Logger:           pluginLogger(s, log),
 	})
 	rpc, err := pc.Client()
 	if err != nil {
