@@ -327,10 +327,12 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 		return usageError{err}
 	}
 	driftInterval, allow := c.driftInterval, c.allow
+	// A configured plugin that is missing or does not match its pin does
+	// not stop the agent (check-config refuses it): the agent connects
+	// and reports the plugin unusable, so that the controller shows it
+	// ('cordon hosts') and orders fail plainly, and snapshots still work.
 	dir := pluginDir(cfg)
-	if err := checkConfiguredPlugin(cfg, dir); err != nil {
-		return usageError{err}
-	}
+	pluginProblem := checkConfiguredPlugin(cfg, dir)
 	lock, err := lockRuntime(cfg.RuntimeDir)
 	if err != nil {
 		return err
@@ -391,7 +393,12 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	// Ready once configured, keyed, sandboxed and with its plugin chosen:
 	// not once connected, since the unit starts before the network
 	// (Before=network-pre.target) and the agent dials until it is up.
-	if _, err := sdnotify.Ready("plugin " + plugin + ", controller " + cfg.Controller); err != nil {
+	status := "plugin " + plugin + ", controller " + cfg.Controller
+	if pluginProblem != nil {
+		status = "PLUGIN UNUSABLE (" + pluginProblem.Error() + "), controller " + cfg.Controller
+		log.Error("firewall plugin unusable: isolate and release orders will fail until it is fixed", "err", pluginProblem)
+	}
+	if _, err := sdnotify.Ready(status); err != nil {
 		log.Warn("cannot tell systemd the agent is ready", "err", err)
 	}
 	wctx, stopWatchdog := context.WithCancel(ctx)
