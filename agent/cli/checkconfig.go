@@ -137,20 +137,12 @@ func checkConfigFile(path string) ConfigCheck {
 	return res
 }
 
-// settings returns each key's value in fs, for people to read: lists as
-// lists, the enrollment token hidden.
+// settings returns each key's value in fs, for people to read, the
+// enrollment token hidden.
 func settings(fs *pflag.FlagSet) map[string]any {
-	m := map[string]any{}
-	for _, k := range flagfile.Keys(fs, "config", "help") {
-		f := fs.Lookup(strings.ReplaceAll(k, "_", "-"))
-		var v any = f.Value.String()
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			v = sv.GetSlice()
-		}
-		if k == "enroll_token" && f.Value.String() != "" {
-			v = "(set)"
-		}
-		m[k] = v
+	m := flagfile.Values(fs, "config", "help")
+	if m["enroll_token"] != "" {
+		m["enroll_token"] = "(set)"
 	}
 	return m
 }

@@ -196,15 +196,7 @@ func checkControllerConfig(path string) ControllerConfigCheck {
 		return fail(err)
 	}
 	explained := func(err error) ControllerConfigCheck { return fail(cf.Explain(err, fs)) }
-	res.Settings = map[string]any{}
-	for _, k := range flagfile.Keys(fs) {
-		f := fs.Lookup(strings.ReplaceAll(k, "_", "-"))
-		var v any = f.Value.String()
-		if sv, ok := f.Value.(pflag.SliceValue); ok {
-			v = sv.GetSlice()
-		}
-		res.Settings[k] = v
-	}
+	res.Settings = flagfile.Values(fs)
 	if _, err := o.check(); err != nil {
 		return explained(err)
 	}

@@ -13,11 +13,15 @@ import (
 	"github.com/cordon-ir/cordon/internal/stage"
 )
 
-// unitDirective returns the value of a directive in the shipped systemd
-// unit.
+// unitDirective returns the value of a directive in a systemd unit file:
+// a unit's name is the shipped one in deploy/systemd, a path an installed
+// one.
 func unitDirective(t *testing.T, unit, key string) string {
 	t.Helper()
-	f, err := os.Open(filepath.Join("../../deploy/systemd", unit))
+	if !filepath.IsAbs(unit) {
+		unit = filepath.Join("../../deploy/systemd", unit)
+	}
+	f, err := os.Open(unit)
 	if err != nil {
 		t.Fatal(err)
 	}

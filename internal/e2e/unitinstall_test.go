@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bufio"
 	"encoding/json"
 	"net"
 	"os"
@@ -87,11 +86,11 @@ func TestInstalledAgentUnit(t *testing.T) {
 
 	// The unit, as installed.
 	var caps []string
-	for _, c := range strings.Fields(installedDirective(t, in("/usr/lib/systemd/system/cordon-agent.service"), "CapabilityBoundingSet")) {
+	for _, c := range strings.Fields(unitDirective(t, in("/usr/lib/systemd/system/cordon-agent.service"), "CapabilityBoundingSet")) {
 		caps = append(caps, "+"+strings.ToLower(strings.TrimPrefix(c, "CAP_")))
 	}
 	var command []string
-	for _, f := range strings.Fields(installedDirective(t, in("/usr/lib/systemd/system/cordon-agent.service"), "ExecStart")) {
+	for _, f := range strings.Fields(unitDirective(t, in("/usr/lib/systemd/system/cordon-agent.service"), "ExecStart")) {
 		if strings.HasPrefix(f, "/") {
 			f = in(f)
 		}
@@ -177,24 +176,6 @@ func (w *world) allRules() string {
 		w.t.Fatal(err)
 	}
 	return w.rules(w.Host) + nft
-}
-
-// installedDirective returns the value of a directive in a unit file.
-func installedDirective(t *testing.T, unit, key string) string {
-	t.Helper()
-	f, err := os.Open(unit)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(strings.TrimSpace(sc.Text()), key+"="); ok {
-			return v
-		}
-	}
-	t.Fatalf("%s has no %s", unit, key)
-	return ""
 }
 
 // notifySocket is a systemd notification socket (sd_notify(3)): a Unix

@@ -335,3 +335,19 @@ func (cf *File) Explain(err error, target *pflag.FlagSet) error {
 	}
 	return err
 }
+
+// Values returns each key's value in fs as Keys names them, for people and
+// scripts to read: a repeatable flag's as a list of strings, any other's as
+// its string.
+func Values(fs *pflag.FlagSet, exclude ...string) map[string]any {
+	m := map[string]any{}
+	for _, k := range Keys(fs, exclude...) {
+		f := fs.Lookup(strings.ReplaceAll(k, "_", "-"))
+		var v any = f.Value.String()
+		if sv, ok := f.Value.(pflag.SliceValue); ok {
+			v = sv.GetSlice()
+		}
+		m[k] = v
+	}
+	return m
+}
