@@ -171,7 +171,7 @@ func New(cfg Config) (*Agent, error) {
 	if pc.Logger == nil {
 		// The plugin's lines go to the agent's log with their fields;
 		// one about an order gets the order's incident added.
-		pc.Logger = slog.New(&incidentHandler{h: log.With("component", "plugin").Handler(), incidentOf: a.incidentOf})
+		pc.Logger = slog.New(&incidentHandler{h: cfg.Logger.With("component", "plugin", "host", cfg.Name).Handler(), incidentOf: a.incidentOf})
 	}
 	a.fw = newPlugin(pc, log)
 	a.outbox = newOutbox(a)
@@ -254,10 +254,13 @@ func (a *Agent) Healthy(context.Context) error {
 }
 
 // stallAfter is how long the housekeeping loop may go without coming round
-// before Healthy calls it stuck: a drift round reads the rules and puts
-// them back (two plugin calls, each within the plugin timeout), and may
-// start the plugin again first; 30 s of slack covers the starts.
-func (a *Agent) stallAfter() time.Duration { return 2*a.cfg.PluginTimeout + 30*time.Second }
+// before Healthy calls it stuck: it waits a drift interval, then a round
+// reads the rules and puts them back (two plugin calls, each within the
+// plugin timeout), each maybe starting the plugin again first (10 s);
+// 30 s of slack on top.
+func (a *Agent) stallAfter() time.Duration {
+	return max(a.cfg.DriftInterval, time.Second) + 2*(a.cfg.PluginTimeout+10*time.Second) + 30*time.Second
+}
 
 // session makes one connection, says hello, and serves orders until the
 // connection ends. connected reports whether it got as far as the hello.

@@ -8,17 +8,22 @@ import (
 )
 
 func TestHealthy(t *testing.T) {
-	a := &Agent{cfg: Config{PluginTimeout: time.Second}} // stuck after 32 s
+	a := &Agent{cfg: Config{PluginTimeout: time.Second, DriftInterval: 250 * time.Millisecond}} // stuck after 1+22+30 = 53 s
 	if err := a.Healthy(context.Background()); err != nil {
 		t.Errorf("before the loop started: %v", err)
 	}
-	a.beat.Store(time.Now().Add(-31 * time.Second).UnixNano())
+	a.beat.Store(time.Now().Add(-52 * time.Second).UnixNano())
 	if err := a.Healthy(context.Background()); err != nil {
 		t.Errorf("a round within the longest legitimate one: %v", err)
 	}
-	a.beat.Store(time.Now().Add(-33 * time.Second).UnixNano())
-	if err := a.Healthy(context.Background()); err == nil || !strings.Contains(err.Error(), "stuck for 33s") {
-		t.Errorf("a loop stuck for 33 s: %v", err)
+	a.beat.Store(time.Now().Add(-54 * time.Second).UnixNano())
+	if err := a.Healthy(context.Background()); err == nil || !strings.Contains(err.Error(), "stuck for 54s") {
+		t.Errorf("a loop stuck for 54 s: %v", err)
+	}
+	// A long drift interval is a longer legitimate wait.
+	a.cfg.DriftInterval = time.Minute
+	if err := a.Healthy(context.Background()); err != nil {
+		t.Errorf("54 s with a 1 m drift interval: %v", err)
 	}
 }
 

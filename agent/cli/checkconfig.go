@@ -115,7 +115,7 @@ func checkConfigFile(path string) ConfigCheck {
 			res.Notes = append(res.Notes, "key "+c.Key+" does not exist yet: the agent makes it at first start and enrolls it with enroll_token")
 		}
 	default:
-		return fail(fmt.Errorf("key: %w", err))
+		return fail(cf.Explain(fmt.Errorf("--key %s: %w", c.Key, err), fs))
 	}
 	if !strings.HasPrefix(c.Key, packagedStateDir+"/") {
 		res.Notes = append(res.Notes, "key "+c.Key+" is outside "+packagedStateDir+", the only directory the packaged unit lets the agent write (StateDirectory=): change the unit too (systemctl edit cordon-agent)")
@@ -129,7 +129,7 @@ func checkConfigFile(path string) ConfigCheck {
 	} else {
 		name, reason, err := firewall.Choose(firewall.ProbeHost(), installedIn(dir))
 		if err != nil {
-			return fail(fmt.Errorf("plugin auto: %w", err))
+			return fail(cf.Explain(fmt.Errorf("--plugin-dir %s: %w", dir, err), fs))
 		}
 		res.Plugin, res.PluginReason = name, reason
 	}

@@ -9,10 +9,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -106,7 +109,7 @@ func Run(ctx context.Context, args []string, out, errw io.Writer) int {
 	fmt.Fprintln(errw, "cordon-agent: "+err.Error())
 	var ue usageError
 	switch {
-	case errors.As(err, &ue) && ran == cmd:
+	case ran == cmd && (errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command")):
 		return ExitConfig // the daemon
 	case errors.As(err, &ue) || strings.HasPrefix(err.Error(), "unknown command"):
 		return exitUsage
@@ -160,7 +163,7 @@ the command line override the file.`,
 		},
 	}
 	collectorCmd.Flags().StringVar(&collectorKey, "key", "", "agent key file")
-	cmd.AddCommand(collectorCmd, newReleaseCmd(out, errw), newCheckConfigCmd(out, errw), newEnrollCmd(out, errw))
+	cmd.AddCommand(collectorCmd, newReleaseCmd(out, errw), newCheckConfigCmd(out, errw), newEnrollCmd(out, errw), newStatusCmd(out, errw))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "version",
 		Short: "Print the version",
@@ -236,20 +239,24 @@ func explain(err error, cf *flagfile.File, fs *pflag.FlagSet) error {
 }
 
 // pluginDir picks the plugin directory: the configured one, else the
-// agent's own directory if the plugin is there, else DefaultPluginDir.
+// agent's own directory if the plugin is there, else PREFIX/lib/cordon/plugins
+// beside the agent's PREFIX/bin if it is there (an install under /usr/local
+// or /opt, or a package unpacked into a root), else DefaultPluginDir.
 func pluginDir(cfg Config) string {
 	if cfg.PluginDir != "" {
 		return cfg.PluginDir
 	}
 	if exe, err := os.Executable(); err == nil {
-		dir := filepath.Dir(exe)
 		names := []string{cfg.Plugin}
 		if cfg.Plugin == firewall.Auto {
 			names = []string{"nftables", "iptables"}
 		}
-		for _, n := range names {
-			if _, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+n)); err == nil {
-				return dir
+		bin := filepath.Dir(exe)
+		for _, dir := range []string{bin, filepath.Join(bin, "..", "lib", "cordon", "plugins")} {
+			for _, n := range names {
+				if _, err := os.Stat(filepath.Join(dir, firewall.BinaryPrefix+n)); err == nil {
+					return filepath.Clean(dir)
+				}
 			}
 		}
 	}
@@ -287,8 +294,10 @@ func (cfg Config) check() (checked, error) {
 	if cfg.Controller == "" {
 		return c, errors.New("--controller is required (host:port of the controller)")
 	}
-	if _, _, err := net.SplitHostPort(cfg.Controller); err != nil {
+	if _, port, err := net.SplitHostPort(cfg.Controller); err != nil || port == "" {
 		return c, fmt.Errorf("--controller %q: want host:port", cfg.Controller)
+	} else if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return c, fmt.Errorf("--controller %q: port %q is not a port number", cfg.Controller, port)
 	}
 	if !sshkey.ValidFingerprint(cfg.ControllerFingerprint) {
 		return c, fmt.Errorf("--controller-fingerprint %q: want the SHA256:… that 'cordon controller init' printed", cfg.ControllerFingerprint)
@@ -334,13 +343,20 @@ func run(ctx context.Context, cfg Config, errw io.Writer) error {
 	dir := pluginDir(cfg)
 	pluginProblem := checkConfiguredPlugin(cfg, dir)
 	lock, err := lockRuntime(cfg.RuntimeDir)
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		// Cannot be made or opened: a path the unit does not let the
+		// agent write, say. (Another agent holding it is not this.)
+		return usageError{fmt.Errorf("--runtime-dir %s: %w", cfg.RuntimeDir, err)}
+	}
 	if err != nil {
 		return err
 	}
 	defer lock.Close()
-	plugin, reason, err := choosePlugin(cfg, dir, errw)
+	plugin, reason, err := choosePlugin(cfg, dir, log)
 	if err != nil {
-		return err
+		// --plugin auto and no plugin to use in the plugin directory.
+		return usageError{fmt.Errorf("--plugin-dir %s: %w", dir, err)}
 	}
 	log.Info("firewall plugin chosen", "plugin", plugin, "reason", reason, "dir", dir)
 	// The key is made here, at start, never while handling an order.
@@ -446,7 +462,7 @@ func checkConfiguredPlugin(cfg Config, dir string) error {
 // and the chosen one's are not, that other one, which can read and release
 // them. A plugin is only asked when asking it loads no kernel module
 // (safeToAsk).
-func choosePlugin(cfg Config, dir string, errw io.Writer) (plugin, reason string, err error) {
+func choosePlugin(cfg Config, dir string, log *slog.Logger) (plugin, reason string, err error) {
 	if cfg.Plugin != firewall.Auto {
 		return cfg.Plugin, "configured (--plugin " + cfg.Plugin + ")", nil
 	}
@@ -456,10 +472,10 @@ func choosePlugin(cfg Config, dir string, errw io.Writer) (plugin, reason string
 		return "", "", err
 	}
 	other := map[string]string{"nftables": "iptables", "iptables": "nftables"}[name]
-	if !installedIn(dir)(other) || !safeToAsk(host, other) || (safeToAsk(host, name) && hasRules(cfg, dir, name, errw)) {
+	if !installedIn(dir)(other) || !safeToAsk(host, other) || (safeToAsk(host, name) && hasRules(cfg, dir, name, log)) {
 		return name, reason, nil
 	}
-	if hasRules(cfg, dir, other, errw) {
+	if hasRules(cfg, dir, other, log) {
 		return other, reason + "; but Cordon's rules in place are " + other + "'s (the host was isolated through it before): keeping " + other, nil
 	}
 	return name, reason, nil
@@ -489,8 +505,8 @@ func safeToAsk(h firewall.HostFirewall, name string) bool {
 
 // hasRules starts a plugin and asks whether any rule of Cordon's is in
 // place through it.
-func hasRules(cfg Config, dir, name string, errw io.Writer) bool {
-	fw, err := firewall.Launch(firewall.LaunchConfig{Dir: dir, Name: name, SocketDir: cfg.RuntimeDir, Stderr: errw})
+func hasRules(cfg Config, dir, name string, log *slog.Logger) bool {
+	fw, err := firewall.Launch(firewall.LaunchConfig{Dir: dir, Name: name, SocketDir: cfg.RuntimeDir, Logger: log.With("component", "plugin")})
 	if err != nil {
 		return false
 	}

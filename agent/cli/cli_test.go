@@ -66,6 +66,10 @@ func TestBadConfigExitsConfigAndMakesNoKey(t *testing.T) {
 		"bad allow":       {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--allow", "0.0.0.0/0"},
 		"bad name":        {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "a/b"},
 		"bad file":        {"--key", key, "--config", writeConfig(t, "controller: c:7443\nallow: [10.0.0.0/8, nonsense]\n")},
+		"an argument":     {"--key", key, "run"},
+		"bad port":        {"--key", key, "--controller", "c:99999"},
+		"runtime dir":     {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--runtime-dir", "/proc/cordon-no"},
+		"no plugin":       {"--key", key, "--controller", "c:7443", "--controller-fingerprint", "SHA256:" + strings.Repeat("A", 43), "--name", "h", "--runtime-dir", filepath.Join(dir, "run"), "--plugin-dir", dir},
 	} {
 		t.Run(name, func(t *testing.T) {
 			var out, errw strings.Builder
@@ -119,13 +123,16 @@ func TestFlagsOverrideFile(t *testing.T) {
 // TestReleaseReadsAgentConfig: release takes only some of the daemon's
 // flags, yet reads the daemon's whole file, and still refuses unknown keys.
 func TestReleaseReadsAgentConfig(t *testing.T) {
-	p := writeConfig(t, "controller: c:7443\ncontroller_fingerprint: SHA256:abc\nname: pay-db-01\ndrift_interval: 1s\n")
+	pin := strings.Repeat("ab", 32)
+	p := writeConfig(t, "controller: c:7443\ncontroller_fingerprint: SHA256:abc\nname: pay-db-01\ndrift_interval: 1s\nplugin: nftables\nplugin_sha256: "+pin+"\n")
 	cmd := newReleaseCmd(os.Stdout, os.Stderr)
 	if _, err := applyConfigFile(cmd.Flags(), false, p); err != nil {
 		t.Fatal(err)
 	}
-	if v := cmd.Flags().Lookup("controller-fingerprint").Value.String(); v != "SHA256:abc" {
-		t.Errorf("release read controller_fingerprint %q", v)
+	for flag, want := range map[string]string{"controller-fingerprint": "SHA256:abc", "plugin": "nftables", "plugin-sha256": pin, "name": "pay-db-01"} {
+		if f := cmd.Flags().Lookup(flag); f == nil || f.Value.String() != want {
+			t.Errorf("release did not read %s from the file (%v): the break-glass release must run the pinned plugin", flag, f)
+		}
 	}
 	bad := writeConfig(t, "nmae: pay-db-01\n")
 	if _, err := applyConfigFile(cmd.Flags(), false, bad); err == nil || !strings.Contains(err.Error(), ":1: nmae: unknown key") {

@@ -85,6 +85,7 @@ again it isolates the host again unless an operator releases it there
 	f.StringVar(&cfg.Name, "name", cfg.Name, "this host's name in Cordon")
 	f.StringVar(&cfg.Plugin, "plugin", cfg.Plugin, "firewall plugin `name`, or auto")
 	f.StringVar(&cfg.PluginDir, "plugin-dir", "", "plugin `directory`")
+	f.StringVar(&cfg.PluginSHA256, "plugin-sha256", "", "pinned SHA-256 of the plugin executable (`hex`), as in the agent's configuration")
 	f.StringVar(&cfg.RuntimeDir, "runtime-dir", cfg.RuntimeDir, "tmpfs `directory` for the plugin's socket")
 	return cmd
 }
@@ -118,18 +119,9 @@ func releaseLocal(ctx context.Context, cfg Config, tokenFile string, out, errw i
 	// With --plugin auto, every installed plugin that can be asked without
 	// loading a kernel module: the host may have been isolated through
 	// either.
-	names := []string{cfg.Plugin}
-	if cfg.Plugin == firewall.Auto {
-		host := firewall.ProbeHost()
-		names = nil
-		for _, n := range []string{"nftables", "iptables"} {
-			if installedIn(dir)(n) && safeToAsk(host, n) {
-				names = append(names, n)
-			}
-		}
-		if len(names) == 0 {
-			return errors.New("no firewall plugin to release through: none installed in " + dir + " can read this host's rules")
-		}
+	names, err := pluginsToAsk(cfg, dir)
+	if err != nil {
+		return errors.New(strings.Replace(err.Error(), "read the rules through", "release through", 1))
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()

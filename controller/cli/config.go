@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"golang.org/x/crypto/ssh"
+	"golang.org/x/sys/unix"
 
 	"github.com/cordon-ir/cordon/pkg/cloud"
 	"github.com/cordon-ir/cordon/pkg/flagfile"
@@ -208,10 +209,16 @@ func checkControllerConfig(path string) ControllerConfigCheck {
 	if err := sameOwner(o.dataDir); err != nil {
 		return explained(err)
 	}
+	if err := writableDataDir(o.dataDir); err != nil {
+		return explained(err)
+	}
 	for _, p := range o.clouds {
 		if err := pluginproc.Check(filepath.Join(o.pluginDir, cloud.BinaryPrefix+p)); err != nil {
 			return explained(fmt.Errorf("--cloud %s: %w", p, err))
 		}
+	}
+	if o.metricsListen != "" && o.metricsListen == o.listen {
+		return explained(fmt.Errorf("--metrics-listen %s: the same address as --listen", o.metricsListen))
 	}
 	if filepath.Clean(o.dataDir) != packagedDataDir {
 		res.Notes = append(res.Notes, "data_dir "+o.dataDir+" is not "+packagedDataDir+", which the packaged unit expects (StateDirectory=, ConditionPathExists=): change the unit too (systemctl edit cordon-controller)")
@@ -247,7 +254,7 @@ func sameOwner(dataDir string) error {
 	if err != nil {
 		return fmt.Errorf("--data-dir %s: %w", dataDir, err)
 	}
-	for _, name := range []string{hostKeyFile, dbFile} {
+	for _, name := range []string{hostKeyFile, dbFile, evidenceDir} {
 		st, err := os.Stat(filepath.Join(dataDir, name))
 		if err != nil {
 			return fmt.Errorf("--data-dir %s: %w", dataDir, err)
@@ -255,6 +262,20 @@ func sameOwner(dataDir string) error {
 		if fileOwner(st) != fileOwner(dir) {
 			return fmt.Errorf("--data-dir %s: %s belongs to uid %d, the directory to uid %d, the user the service runs as, which cannot read it (chown -R --reference=%s %s)",
 				dataDir, name, fileOwner(st), fileOwner(dir), dataDir, dataDir)
+		}
+	}
+	return nil
+}
+
+// writableDataDir checks that the database and the evidence directory can
+// be written by this process, as the service's user (access(2) with W_OK,
+// which the kernel answers for the real uid: run check-config as that
+// user to check for it).
+func writableDataDir(dataDir string) error {
+	for _, name := range []string{dbFile, evidenceDir} {
+		p := filepath.Join(dataDir, name)
+		if err := unix.Access(p, unix.W_OK); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("--data-dir %s: %s: %v: the controller runs as a user that cannot write it (chown -R cordon:cordon %s)", dataDir, name, err, dataDir)
 		}
 	}
 	return nil

@@ -78,6 +78,19 @@ func TestServeReadsConfig(t *testing.T) {
 	if code != ExitConfig || !strings.Contains(stderr, "--data-dir "+other+" has no host key") {
 		t.Errorf("--data-dir over the file: exit %d, %q", code, stderr)
 	}
+	code, _, stderr = run(t, "controller", "serve", "--config", p, "now")
+	if code != ExitConfig || !strings.Contains(stderr, "serve takes no arguments") {
+		t.Errorf("serve with an argument: exit %d, %q", code, stderr)
+	}
+	data := t.TempDir()
+	if code, _, stderr := run(t, "controller", "init", "--data-dir", data); code != 0 {
+		t.Fatalf("init: %d %s", code, stderr)
+	}
+	cloudCfg := writeFile(t, "c.yaml", "data_dir: "+data+"\nlisten: 127.0.0.1:0\ncloud: [aws]\nplugin_dir: "+t.TempDir()+"\n")
+	code, _, stderr = run(t, "controller", "serve", "--config", cloudCfg)
+	if code != ExitConfig || !strings.Contains(stderr, cloudCfg+":3: cloud: aws: cloud plugin not found") {
+		t.Errorf("serve without its cloud plugin: exit %d, %q", code, stderr)
+	}
 	bad := writeFile(t, "c.yaml", "data_dir: /x\nlisten: :7443\nlisten: :7444\n")
 	code, _, stderr = run(t, "controller", "serve", "--config", bad)
 	if code != ExitConfig || !strings.Contains(stderr, bad+":3: listen: given twice") {

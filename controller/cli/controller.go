@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
@@ -172,7 +173,12 @@ func newControllerServeCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "serve --data-dir DIR --listen ADDR:PORT",
 		Short: "Run the controller daemon",
-		Args:  cobra.NoArgs,
+		Args: func(_ *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return &ExitError{Code: ExitConfig, Err: fmt.Errorf("serve takes no arguments, got %q", args)}
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cf, err := applyServeConfig(cmd.Flags(), configFile)
 			if err != nil {
@@ -198,10 +204,13 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	// A data directory the controller cannot use is a configuration it
-	// refuses (exit 2): restarting cannot help.
+	// A data directory or a cloud plugin the controller cannot use is a
+	// configuration it refuses (ExitConfig): restarting cannot help.
 	hostKey, err := loadHostKey(o.dataDir)
 	if err != nil {
+		return usageErr("%v", err)
+	}
+	if err := writableDataDir(o.dataDir); err != nil {
 		return usageErr("%v", err)
 	}
 	st, err := store.OpenSQLite(ctx, filepath.Join(o.dataDir, dbFile))
@@ -216,6 +225,9 @@ func runControllerServe(ctx context.Context, g *globals, o *serveOptions) error 
 	clouds := map[string]cloud.Layer{}
 	for _, p := range o.clouds {
 		c, err := cloud.Supervise(cloud.LaunchConfig{Dir: o.pluginDir, Name: p, Logger: log.With("component", "cloud")})
+		if errors.Is(err, cloud.ErrPluginNotFound) {
+			return usageErr("--cloud %s: %v", p, err)
+		}
 		if err != nil {
 			return fmt.Errorf("--cloud %s: %w", p, err)
 		}

@@ -138,6 +138,10 @@ func TestInstalledAgentUnit(t *testing.T) {
 	// Removal while isolated: stopping the agent and removing the package
 	// release nothing.
 	isolate("before removal")
+	out, err = w.Host.Output(agentBin, "status", "--local", "--config", config, "-o", "json")
+	if err != nil || !strings.Contains(out, `"rules_in_place": true`) || !strings.Contains(out, `"isolated": true`) {
+		t.Errorf("status --local of an isolated host: %v\n%s", err, out)
+	}
 	before := w.allRules()
 	w.StopAgent()
 	notify.wait(t, "STOPPING=1", 5*time.Second)
@@ -148,7 +152,8 @@ func TestInstalledAgentUnit(t *testing.T) {
 	prerm := w.Host.Command("unshare", "--mount", "--propagation", "private", "sh", "-c",
 		`for d in /etc/systemd/system /run/systemd; do if [ -d "$d" ]; then mount -t tmpfs cordon-test "$d"; fi; done; exec sh "$0" remove`,
 		in("/var/lib/dpkg/info/cordon-agent.prerm"))
-	prerm.Env = append(os.Environ(), "DPKG_ROOT=")
+	// The installed agent first on PATH, as /usr/bin is on a real host.
+	prerm.Env = append(os.Environ(), "DPKG_ROOT=", "PATH="+in("/usr/bin")+":"+os.Getenv("PATH"))
 	msg, _ := prerm.CombinedOutput()
 	if !strings.Contains(string(msg), "THIS HOST IS ISOLATED") {
 		t.Errorf("the removal script did not warn that the host stays isolated:\n%s", msg)

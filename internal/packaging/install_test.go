@@ -189,19 +189,34 @@ func TestDebInstall(t *testing.T) {
 	}
 	os.Remove(broken)
 
-	// Removal takes the files and the enablement, keeps the controller's
-	// data directory and the agent's configuration; purge takes the
-	// agent's configuration and key.
+	// Removal takes the files, keeps the enablement (a package removed
+	// and installed again is enabled as before), the controller's data
+	// directory and the agent's configuration; purge takes the agent's
+	// configuration and key, and the enablement.
 	os.WriteFile(filepath.Join(root, "etc/cordon/agent.yaml"), []byte("controller: c:7443\n"), 0o600)
 	os.WriteFile(filepath.Join(root, "var/lib/cordon-agent/agent_ed25519"), []byte("key"), 0o600)
 	if _, err := Dpkg(root, "-r", "cordon-agent", "cordon-controller"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"/usr/bin/cordon-agent", "/usr/bin/cordon", "/etc/systemd/system/multi-user.target.wants/cordon-agent.service",
-		"/etc/systemd/system/multi-user.target.wants/cordon-controller.service"} {
+	for _, p := range []string{"/usr/bin/cordon-agent", "/usr/bin/cordon"} {
 		if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
 			t.Errorf("%s left after removal", p)
 		}
+	}
+	// Installed again from the removed state: enabled as it was (the
+	// controller) and as the administrator left it (the agent, disabled
+	// above).
+	if _, err := Dpkg(root, "-i", find(t, bs, "cordon-agent", "deb"), find(t, bs, "cordon-controller", "deb")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/cordon-controller.service")); err != nil {
+		t.Errorf("the controller, removed and installed again, is no longer enabled: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Join(root, "etc/systemd/system/multi-user.target.wants/cordon-agent.service")); err == nil {
+		t.Error("the agent, disabled, removed and installed again, is enabled")
+	}
+	if _, err := Dpkg(root, "-r", "cordon-agent", "cordon-controller"); err != nil {
+		t.Fatal(err)
 	}
 	for _, p := range []string{"/etc/cordon/agent.yaml", "/var/lib/cordon", "/etc/cordon/controller.yaml"} {
 		if _, err := os.Stat(filepath.Join(root, p)); err != nil {
@@ -211,8 +226,9 @@ func TestDebInstall(t *testing.T) {
 	if _, err := Dpkg(root, "--purge", "cordon-agent", "cordon-controller"); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range []string{"/etc/cordon/agent.yaml", "/var/lib/cordon-agent", "/etc/cordon/controller.yaml"} {
-		if _, err := os.Stat(filepath.Join(root, p)); err == nil {
+	for _, p := range []string{"/etc/cordon/agent.yaml", "/var/lib/cordon-agent", "/etc/cordon/controller.yaml",
+		"/etc/systemd/system/multi-user.target.wants/cordon-controller.service"} {
+		if _, err := os.Lstat(filepath.Join(root, p)); err == nil {
 			t.Errorf("%s left after purge", p)
 		}
 	}

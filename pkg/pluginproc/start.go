@@ -1,6 +1,7 @@
 package pluginproc
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -68,9 +69,12 @@ func (e *StartError) Unwrap() error { return e.Err }
 func pluginLogger(s Spec, log io.Writer) hclog.Logger {
 	opts := &hclog.LoggerOptions{Name: "plugin." + s.Name, Output: log, Level: hclog.Info}
 	if s.Logger != nil {
-		opts.Output = &slogWriter{log: s.Logger.With("plugin", s.Name)}
+		opts.Output = &slogWriter{log: s.Logger.With("plugin_name", s.Name)}
 		opts.JSONFormat = true
 		opts.DisableTime = true
+		if s.Logger.Enabled(context.Background(), slog.LevelDebug) {
+			opts.Level = hclog.Debug
+		}
 	}
 	return hclog.New(opts)
 }

@@ -1,35 +1,23 @@
 #!/bin/sh
 # cordon-agent: before removal (deb: remove; rpm: 0; not on upgrade).
-# Stops and disables the agent. Stopping releases nothing: if Cordon's
-# rules are in place the host stays isolated, and this says so. It reads
-# the rules only where their tables are already in the kernel, so that it
-# never makes the kernel load a firewall module the host does not use.
+# Stops the agent. Stopping releases nothing: if Cordon's rules are in
+# place the host stays isolated, and this says so; it asks the agent
+# binary, still installed here, which reads the rules through the plugins
+# without ever making the kernel load a module. On rpm it disables the
+# unit; a deb keeps the enablement until purge, so that a package removed
+# and installed again is enabled as before.
 set -e
 root="${DPKG_ROOT:-}"
 case "$1" in
 remove | 0) ;;
 *) exit 0 ;;
 esac
-# nf_tables is there without loading anything: no loadable modules at all,
-# the module loaded, or built in (as the agent's own probe decides).
-nft_ready() {
-	[ ! -e /proc/modules ] && return 0
-	grep -q '^nf_tables ' /proc/modules && return 0
-	grep -qs '/nf_tables.ko' "/lib/modules/$(uname -r)/modules.builtin"
-}
-isolated() {
-	if command -v nft >/dev/null 2>&1 && nft_ready; then
-		nft list ruleset 2>/dev/null | grep -Eq 'table inet cordon|chain CORDON-' && return 0
-	fi
-	for v in "" 6; do
-		if [ -s "/proc/net/ip${v}_tables_names" ] && command -v "ip${v}tables-legacy" >/dev/null 2>&1; then
-			"ip${v}tables-legacy" -S 2>/dev/null | grep -q -- '^-N CORDON-' && return 0
-		fi
-	done
-	return 1
-}
 if [ -z "$root" ]; then
-	if isolated; then
+	agent=$(command -v cordon-agent 2>/dev/null || echo /usr/bin/cordon-agent)
+	config=""
+	if [ -r /etc/cordon/agent.yaml ]; then config="--config /etc/cordon/agent.yaml"; fi
+	# shellcheck disable=SC2086
+	if "$agent" status --local $config -o json 2>/dev/null | grep -q '"rules_in_place": true'; then
 		echo "cordon-agent: THIS HOST IS ISOLATED by Cordon. The removal goes on, and the host stays" >&2
 		echo "cordon-agent: isolated: removing the agent releases nothing. To release it, reinstall" >&2
 		echo "cordon-agent: cordon-agent and release it from the controller (cordon release host NAME)," >&2
@@ -39,6 +27,6 @@ if [ -z "$root" ]; then
 		systemctl stop cordon-agent.service || true
 	fi
 fi
-if command -v systemctl >/dev/null 2>&1; then
+if [ "$1" = 0 ] && command -v systemctl >/dev/null 2>&1; then
 	systemctl ${root:+--root="$root"} disable cordon-agent.service >/dev/null 2>&1 || true
 fi
