@@ -93,9 +93,11 @@ func TestDriftRepair(t *testing.T) {
 					}
 					continue
 				}
-				if inPlace() {
-					t.Fatalf("%s left the rules in place: the wipe does not wipe", wp.name)
-				}
+				// The repair may already be done when inPlace first
+				// looks (a drift check lands every 250 ms, and starting
+				// iptables-save or nft takes a while on a loaded
+				// machine): the reported repair below is what shows
+				// that the wipe wiped.
 				for !inPlace() {
 					if time.Since(start) > 10*time.Second {
 						t.Fatalf("%s: rules not back after 10 s", wp.name)

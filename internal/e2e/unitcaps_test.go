@@ -86,10 +86,17 @@ func TestAgentUnderUnitCapabilities(t *testing.T) {
 	files := untar(t, bundle)
 
 	var sawConnPID, sawHash bool
+	var conns []map[string]any // the service's, for the failure message
 	for _, rec := range jsonl(t, files["artifacts/connections.jsonl"]) {
-		if rec["local_addr"] == hostV4 && num(rec["local_port"]) == 8080 && rec["state"] == "ESTABLISHED" {
-			sawConnPID = num(rec["pid"]) == svc.Process.Pid
+		if rec["local_addr"] == hostV4 && num(rec["local_port"]) == 8080 {
+			conns = append(conns, rec)
+			if rec["state"] == "ESTABLISHED" && num(rec["pid"]) == svc.Process.Pid {
+				sawConnPID = true
+			}
 		}
+	}
+	if !sawConnPID {
+		t.Logf("the service's sockets in the evidence (service pid %d): %v", svc.Process.Pid, conns)
 	}
 	for _, rec := range jsonl(t, files["artifacts/processes.jsonl"]) {
 		if num(rec["pid"]) == svc.Process.Pid {
