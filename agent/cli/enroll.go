@@ -41,7 +41,7 @@ func newEnrollCmd(out, errw io.Writer) *cobra.Command {
 	var offline, force bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "enroll --controller HOST:PORT --controller-fingerprint SHA256:… --token TOKEN [--name NAME] [flags]",
+		Use:   "enroll --controller HOST:PORT --controller-fingerprint SHA256:… --token-file FILE|- [--name NAME] [flags]",
 		Short: "Install time: make the agent key, enroll it with the controller and write the configuration file",
 		Long: `Set this host up as a Cordon agent, once, at install time: make the agent key
 (ed25519, unless it exists), enroll it with the controller using a one-time
