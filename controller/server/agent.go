@@ -774,10 +774,11 @@ func (s *Server) handleEvidence(ctx context.Context, a *agentConn, nc ssh.NewCha
 		return
 	}
 	stopHdr()
-	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID, "incident", s.orderIncident(ctx, hdr.OrderID))
 	// Evidence comes only for an order that asked for it, one bundle per
 	// order: a host cannot fill the controller's disk on its own.
-	if err := s.expectEvidence(ctx, a, &hdr); err != nil {
+	incident, err := s.expectEvidence(ctx, a, &hdr)
+	l := a.log.With("snapshot_id", hdr.SnapshotID, "order_id", hdr.OrderID, "incident", incident)
+	if err != nil {
 		l.Warn("evidence refused", "err", err)
 		reply(err)
 		return
@@ -879,24 +880,25 @@ var errUnexpectedEvidence = errors.New("evidence not expected")
 
 // expectEvidence checks that an upload belongs to an isolate order of this
 // host that has no other bundle stored yet (a bundle sent again after a
-// lost acknowledgement is fine).
-func (s *Server) expectEvidence(ctx context.Context, a *agentConn, hdr *wire.EvidenceHeader) error {
+// lost acknowledgement is fine), and returns the order's incident for the
+// log, read in the same look-up.
+func (s *Server) expectEvidence(ctx context.Context, a *agentConn, hdr *wire.EvidenceHeader) (incident string, err error) {
 	if hdr.OrderID == "" {
-		return fmt.Errorf("%w: it names no order", errUnexpectedEvidence)
+		return "", fmt.Errorf("%w: it names no order", errUnexpectedEvidence)
 	}
 	var o store.Order
-	err := s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(hdr.OrderID); return })
+	err = s.cfg.Store.View(ctx, func(tx store.Tx) (err error) { o, err = tx.Order(hdr.OrderID); return })
 	switch {
 	case err != nil && !errors.Is(err, store.ErrNotFound):
-		return err
+		return "", err
 	case err != nil || o.Host != a.name:
-		return fmt.Errorf("%w: order %s is not an order for %s", errUnexpectedEvidence, hdr.OrderID, a.name)
+		return "", fmt.Errorf("%w: order %s is not an order for %s", errUnexpectedEvidence, hdr.OrderID, a.name)
 	case o.Kind == string(wire.KindRelease):
-		return fmt.Errorf("%w: order %s is a %s order, which takes no snapshot", errUnexpectedEvidence, o.ID, o.Kind)
+		return o.Incident, fmt.Errorf("%w: order %s is a %s order, which takes no snapshot", errUnexpectedEvidence, o.ID, o.Kind)
 	case o.SnapshotStored && o.SnapshotID != hdr.SnapshotID:
-		return fmt.Errorf("%w: order %s already has its evidence (%s)", errUnexpectedEvidence, o.ID, o.SnapshotID)
+		return o.Incident, fmt.Errorf("%w: order %s already has its evidence (%s)", errUnexpectedEvidence, o.ID, o.SnapshotID)
 	}
-	return nil
+	return o.Incident, nil
 }
 
 // verifyStored checks a stored bundle offline (hashes, signature) with the
